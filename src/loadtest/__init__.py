@@ -1,0 +1,1 @@
+"""loadtest: open- and closed-loop latency load testing with correct percentiles."""

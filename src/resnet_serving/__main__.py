@@ -1,0 +1,3 @@
+from resnet_serving.cli import main
+
+raise SystemExit(main())
