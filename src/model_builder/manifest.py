@@ -101,10 +101,14 @@ class Manifest(_Strict):
     @model_validator(mode="after")
     def _check(self) -> Manifest:
         if self.top_k > len(self.labels):
-            raise ValueError(f"top_k ({self.top_k}) exceeds the number of labels ({len(self.labels)})")
+            raise ValueError(
+                f"top_k ({self.top_k}) exceeds the number of labels ({len(self.labels)})"
+            )
         buckets = list(self.batch_buckets)
         if not buckets or buckets != sorted(set(buckets)) or buckets[0] < 1:
-            raise ValueError(f"batch_buckets must be strictly increasing positive ints, got {buckets}")
+            raise ValueError(
+                f"batch_buckets must be strictly increasing positive ints, got {buckets}"
+            )
         return self
 
     @property

@@ -33,9 +33,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert read_manifest(tmp_path) == m
 
 
-@pytest.mark.parametrize(
-    ("n", "bucket"), [(1, 1), (2, 2), (3, 4), (5, 8), (33, 64), (64, 64)]
-)
+@pytest.mark.parametrize(("n", "bucket"), [(1, 1), (2, 2), (3, 4), (5, 8), (33, 64), (64, 64)])
 def test_bucket_for(n: int, bucket: int) -> None:
     assert make_manifest().bucket_for(n) == bucket
 
@@ -50,7 +48,9 @@ def test_bucket_for(n: int, bucket: int) -> None:
         ({"unknown_field": 1}, "unknown_field"),
     ],
 )
-def test_invalid_manifest_names_the_field(tmp_path: Path, change: dict[str, object], where: str) -> None:
+def test_invalid_manifest_names_the_field(
+    tmp_path: Path, change: dict[str, object], where: str
+) -> None:
     raw = json.loads(make_manifest().to_json())
     raw.update(change)
     (tmp_path / "assets.extra").mkdir()
