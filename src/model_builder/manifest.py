@@ -78,7 +78,7 @@ class Normalization(_Strict):
 class Manifest(_Strict):
     """Everything a server or client needs to use one exported model version."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     model_version: int = Field(gt=0)
     architecture: str
