@@ -287,8 +287,12 @@ def build_model(
 
 
 def _check_int(what: str, value: object, low: int, high: int | None, arch: str) -> None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value >= low and (high is None or value <= high):
-            return
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and low <= value
+        and (high is None or value <= high)
+    ):
+        return
     bound = f">= {low}" if high is None else f"between {low} and {high}"
     raise ArchitectureError(f"{what} for {arch} must be an int {bound}. Received: {what}={value!r}")
