@@ -56,7 +56,9 @@ def load_manifest(path: Path) -> Manifest:
 
 def _shape_matches(got: tuple[int | None, ...], want: tuple[int | None, ...]) -> bool:
     # None in `want` accepts anything; None in `got` (unknown dim) only matches None.
-    return len(got) == len(want) and all(w is None or g == w for g, w in zip(got, want, strict=True))
+    return len(got) == len(want) and all(
+        w is None or g == w for g, w in zip(got, want, strict=True)
+    )
 
 
 def _fmt(shape: Sequence[int | None]) -> str:

@@ -126,7 +126,9 @@ class TFServingBackend:
         self._predict_stub: Any = None
         self._status_stub: Any = None
         self._manifest: Manifest | None = None
-        self._version: int | None = None  # pinned at start: the version checked against its manifest
+        self._version: int | None = (
+            None  # pinned at start: the version checked against its manifest
+        )
         self._ready_at = 0.0
         self._ready_value = False
 
