@@ -86,7 +86,7 @@ CASES: list[tuple[str, dict[str, Any], str, int, str]] = [
         "",
         400,
         "empty_image",
-    ),  # fmt: skip
+    ),
     ("one-bad-among-good", files(GOOD, b"junk"), "", 400, "not_an_image"),
     ("upload-too-large-declared", raw(OVERSIZED), "", 413, "upload_too_large"),
     ("upload-too-large-chunked", chunked(OVERSIZED), "", 413, "upload_too_large"),
