@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, JpegImagePlugin
 
 from model_builder.manifest import InputSpec, Preprocessing
 from service.errors import (
@@ -169,6 +169,8 @@ def _open(data: bytes, limits: DecodeLimits) -> ImageFile.ImageFile:
             f"not an image: unrecognised format ({len(data)} bytes starting {data[:8].hex()})"
         ) from None
     fmt = im.format or "unknown"
+    if fmt == "MPO":  # phone cameras' multi-picture JPEG: frame 0 is a plain JPEG
+        fmt = "JPEG"
     if fmt not in limits.allowed_formats:
         raise UnsupportedFormat(
             f"image format {fmt} is not accepted; allowed: {', '.join(limits.allowed_formats)}"
@@ -265,7 +267,7 @@ def _decode_opened(
 ) -> np.ndarray:
     stored = im.size
     shrink = 1.0
-    if im.format == "JPEG":
+    if isinstance(im, JpegImagePlugin.JpegImageFile):  # JPEG and MPO
         # JPEG EXIF sits in APP1, parsed with the header: orient and draft before decoding.
         orientation = _orientation(im) if pre.apply_exif_orientation else 1
         plan = _plan(stored, orientation, spec, pre)

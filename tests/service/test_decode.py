@@ -102,13 +102,15 @@ FORMATS: dict[str, Callable[[], bytes]] = {
     "WEBP": lambda: encode(photo(120, 90), "WEBP", quality=90),
     "GIF": lambda: encode(photo(120, 90).convert("P"), "GIF"),
     "BMP": lambda: encode(photo(120, 90), "BMP"),
+    # Phones write multi-picture JPEGs; Pillow calls them MPO. Accepted as JPEG, frame 0.
+    "MPO": lambda: encode(photo(120, 90), "MPO", save_all=True, append_images=[photo(120, 90, 1)]),
 }
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 @pytest.mark.parametrize("pre", [STRETCH, CROP], ids=["stretch", "crop"])
 def test_every_allowed_format_decodes_to_the_input_spec(fmt: str, pre: Preprocessing) -> None:
-    assert fmt in LIMITS.allowed_formats
+    assert fmt in (*LIMITS.allowed_formats, "MPO")
     out = decode(FORMATS[fmt](), pre=pre)
     assert out.shape == (24, 32, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
     assert mad(out, reference(Image.open(io.BytesIO(FORMATS[fmt]())), SPEC, pre)) < 3
