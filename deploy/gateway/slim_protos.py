@@ -74,7 +74,9 @@ def reader_for(source: Path) -> Reader:
 def serving_sources() -> list[str]:
     """Sources of the generated modules in tensorflow_serving/{apis,config}."""
     base = Path(tensorflow_serving.__file__).parent
-    return [p.read_text("utf-8") for sub in ROOT_PACKAGES for p in sorted((base / sub).glob("*.py"))]
+    return [
+        p.read_text("utf-8") for sub in ROOT_PACKAGES for p in sorted((base / sub).glob("*.py"))
+    ]
 
 
 def write_tree(modules: dict[str, str], out_dir: Path) -> list[Path]:

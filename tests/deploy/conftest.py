@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from deploy_support import FakeRest, compose_command  # noqa: E402
+from deploy_support import FakeRest, compose_command
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ ComposeLoader.add_constructor("!override", _tagged)
 
 
 def load_yaml(path: Path) -> Any:
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=ComposeLoader)  # noqa: S506
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=ComposeLoader)
 
 
 def load_all_yaml(path: Path) -> list[Any]:
@@ -102,7 +101,9 @@ def compose_command() -> list[str]:
     raise AssertionError("unreachable")
 
 
-def run(cmd: list[str], cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         cmd,
         cwd=cwd,
@@ -110,7 +111,7 @@ def run(cmd: list[str], cwd: Path = ROOT, **env: str) -> subprocess.CompletedPro
         text=True,
         timeout=120,
         check=False,
-        env={**os.environ, **env},
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -143,5 +144,3 @@ class FakeRest:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-

@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from service.settings import ENV_PREFIX, Settings
 from deploy_support import (
     COMPOSE,
     COMPOSE_CPU,
@@ -18,6 +16,8 @@ from deploy_support import (
     load_yaml,
     run,
 )
+
+from service.settings import ENV_PREFIX, Settings
 
 _DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")
 
@@ -44,7 +44,7 @@ def flags(service: dict[str, Any]) -> dict[str, str]:
 
 def gateway_settings(env: dict[str, str]) -> Settings:
     values = {k.removeprefix(ENV_PREFIX).lower(): v for k, v in env.items()}
-    return Settings(**values)
+    return Settings.model_validate(values)
 
 
 def seconds(duration: str) -> float:
@@ -116,7 +116,9 @@ def test_compose_uses_the_services_we_document(services: dict[str, Any]) -> None
 
 def test_gateway_env_is_real_settings(services: dict[str, Any]) -> None:
     env = services["gateway"]["environment"]
-    unknown = sorted(k for k in env if k.removeprefix(ENV_PREFIX).lower() not in Settings.model_fields)
+    unknown = sorted(
+        k for k in env if k.removeprefix(ENV_PREFIX).lower() not in Settings.model_fields
+    )
     assert all(k.startswith(ENV_PREFIX) for k in env)
     assert not unknown, f"not Settings fields: {unknown}"
     settings = gateway_settings(env)  # parses, validators included

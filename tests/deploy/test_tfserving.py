@@ -112,7 +112,9 @@ def test_model_name_agrees_between_configmap_compose_and_k8s() -> None:
     compose_name = load_yaml(COMPOSE)["services"]["builder"]["environment"]["MODEL_NAME"]
     assert compose_name == "${MODEL_NAME:-demo}"
     docs = k8s_docs()
-    gw_env = {e["name"]: e["value"] for e in container(docs[("Deployment", "gateway")], "gateway")["env"]}
+    gw_env = {
+        e["name"]: e["value"] for e in container(docs[("Deployment", "gateway")], "gateway")["env"]
+    }
     job_env = {
         e["name"]: e["value"] for e in container(docs[("Job", "model-builder")], "builder")["env"]
     }
