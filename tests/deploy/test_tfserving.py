@@ -177,3 +177,15 @@ def test_k8s_probes_use_the_same_script() -> None:
     for probe in ("startupProbe", "readinessProbe"):
         command: list[Any] = tfs[probe]["exec"]["command"]
         assert command == ["bash", "/etc/tfserving/healthcheck.sh", "demo", rest_port]
+
+
+KEEPALIVE = (
+    "grpc.keepalive_permit_without_calls=1,grpc.http2.min_ping_interval_without_data_ms=10000"
+)
+
+
+@pytest.mark.parametrize("source", ["compose", "k8s"])
+def test_tfserving_accepts_the_gateways_keepalive_pings(source: str) -> None:
+    # Without this TF Serving answers idle pings with GOAWAY (too_many_pings).
+    flags = compose_flags() if source == "compose" else k8s_flags()
+    assert flags["grpc_channel_arguments"] == KEEPALIVE
