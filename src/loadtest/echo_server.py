@@ -132,7 +132,15 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    ap.add_argument("--from-env", action="store_true",
+                    help="port from RESNET_SERVING_PORT, delay from RESNET_SERVING_MAX_WAIT_MS "
+                    "(stands in for the gateway in sweep tests)")  # fmt: skip
     args = ap.parse_args()
+    if args.from_env:
+        import os
+
+        args.port = int(os.environ.get("RESNET_SERVING_PORT", args.port))
+        args.delay_ms = float(os.environ.get("RESNET_SERVING_MAX_WAIT_MS", args.delay_ms))
 
     async def serve() -> None:
         server = EchoServer(Behaviour(delay_s=args.delay_ms / 1000.0))
