@@ -56,6 +56,9 @@ class StepRecorder:
         self._due = array("d")
         self._lat = array("d")
         self._done = array("d")
+        self._lag = array("d")
+        self._timings: list[str] = []
+        self._filled = False
 
     def record(self, due: float, out: Outcome, *, open_loop: bool) -> None:
         """Record one finished request; ignored if it was due during the warm-up."""
@@ -63,10 +66,7 @@ class StepRecorder:
             return
         self.sent += 1
         if open_loop:
-            lag = max(0.0, out.sent - due)
-            self.send_lag.record(lag)
-            if lag * 1000.0 > LATE_THRESHOLD_MS:
-                self.late += 1
+            self._lag.append(max(0.0, out.sent - due))
         self.last_done = max(self.last_done, out.done)
         if out.status is not None:
             self.status_counts[out.status] += 1
@@ -74,13 +74,29 @@ class StepRecorder:
             self.transport_errors[out.error] += 1
         if not out.ok:
             return
-        latency = out.done - due
-        self.latency.record(latency)
+        # Histograms are filled in `_fill()` after the step: the hot path only appends.
         self._due.append(due - self.window_start)
-        self._lat.append(latency)
+        self._lat.append(out.done - due)
         self._done.append(out.done - self.window_start)
         if out.server_timing:
-            for name, ms in parse_server_timing(out.server_timing).items():
+            self._timings.append(out.server_timing)
+
+    def _fill(self) -> None:
+        """Move the raw samples into the HdrHistograms (once, after the step)."""
+        if self._filled:
+            return
+        self._filled = True
+        for v in self._lat:
+            self.latency.record(v)
+        for v in self._lag:
+            self.send_lag.record(v)
+        self.late = sum(1 for v in self._lag if v * 1000.0 > LATE_THRESHOLD_MS)
+        parsed: dict[str, dict[str, float]] = {}
+        for header in self._timings:
+            stages = parsed.get(header)
+            if stages is None:
+                stages = parsed[header] = parse_server_timing(header)
+            for name, ms in stages.items():
                 hist = self.stages.get(name)
                 if hist is None:
                     hist = self.stages[name] = LatencyHistogram()
@@ -88,7 +104,7 @@ class StepRecorder:
 
     @property
     def ok(self) -> int:
-        return self.latency.count
+        return len(self._lat)
 
     def timeseries(self) -> list[dict[str, Any]]:
         """Per second of the window: p50/p99 by due time, completions by done time."""
@@ -115,6 +131,7 @@ class StepRecorder:
 
     def summary(self, *, window_s: float, open_loop: bool) -> dict[str, Any]:
         """The step's numbers as plain JSON-able data (see report.STEP_KEYS)."""
+        self._fill()
         elapsed = max(window_s, self.last_done - self.window_start, 1e-9)
         errors = self.sent - self.ok
         schedule: dict[str, Any] | None = None

@@ -15,6 +15,8 @@ _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
     """Split on `sep` except inside double quotes (a `desc="a, b"` must stay whole)."""
+    if '"' not in text:
+        return text.split(sep)  # the common case, without the per-character walk
     parts: list[str] = []
     buf: list[str] = []
     quoted = False
