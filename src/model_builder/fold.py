@@ -72,6 +72,8 @@ def fold_batchnorm(model: Any) -> Any:
     folded = clone_model(model, clone_function=clone, call_function=call)
     old = {layer.name: layer for layer in model.layers}
     for layer in folded.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue  # no weights; clone_model renames unnamed inputs
         source = old[layer.name]
         if layer.name in pairs:
             layer.set_weights(_folded_weights(source, old[pairs[layer.name]]))
