@@ -23,10 +23,16 @@ def folded(tiny_model: Any) -> Any:
 def test_folded_model_has_no_batchnorm_and_keeps_names(tiny_model: Any, folded: Any) -> None:
     import keras
 
-    assert not [l for l in folded.layers if isinstance(l, keras.layers.BatchNormalization)]
-    bn_names = {l.name for l in tiny_model.layers if isinstance(l, keras.layers.BatchNormalization)}
-    kept = [l.name for l in tiny_model.layers if l.name not in bn_names]
-    assert [l.name for l in folded.layers] == kept
+    assert not [
+        layer for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    bn_names = {
+        layer.name
+        for layer in tiny_model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    }
+    kept = [layer.name for layer in tiny_model.layers if layer.name not in bn_names]
+    assert [layer.name for layer in folded.layers] == kept
     assert folded.get_layer("block1_add") is not None  # the residual add survives
     assert all(folded.get_layer(c).use_bias for c in foldable_pairs(tiny_model))
 
@@ -60,7 +66,7 @@ def test_unfoldable_pairs_are_left_alone() -> None:
     model = keras.Model(inp, out)
     assert foldable_pairs(model) == {}
     folded = fold_batchnorm(model)
-    assert {"bn", "bn2"} <= {l.name for l in folded.layers}
+    assert {"bn", "bn2"} <= {layer.name for layer in folded.layers}
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
     np.testing.assert_allclose(folded(x), model(x), atol=1e-6)
 
@@ -69,7 +75,7 @@ def test_sequential_model_is_refused() -> None:
     import keras
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    with pytest.raises(ExportError, match="functional Keras model. Received: Sequential"):
+    with pytest.raises(ExportError, match=r"functional Keras model\. Received: Sequential"):
         fold_batchnorm(model)
 
 
