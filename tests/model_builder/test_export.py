@@ -230,3 +230,47 @@ def test_bfloat16_export_within_tolerance(
     expected = reference(tiny_model, pixels)
     assert np.abs(probs - expected).max() <= BF16_TOLERANCE
     assert tiny_model.dtype_policy.name == "float32"  # the source model is left alone
+
+
+def test_cli_export_writes_a_verifiable_version(
+    exported: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from resnet_serving.cli import main
+
+    base = tmp_path / "models"
+    argv = ["export", "--run", str(exported.run_dir), "--model-base", str(base), "--name", "cli"]
+    assert main([*argv, "--version", "3", "--buckets", "1,2", "--top-k", "2"]) == 0
+    assert "exported cli v3" in capsys.readouterr().out
+    m = read_manifest(base / "cli" / "3")
+    assert (m.batch_buckets, m.top_k, m.precision) == ((1, 2), 2, "float32")
+    assert (base / MODELS_CONFIG).is_file()
+
+
+@pytest.mark.parametrize("buckets", ["4,2", "0,1", "1,x", ""])
+def test_cli_rejects_bad_buckets(buckets: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from resnet_serving.cli import main
+
+    argv = ["export", "--run", "r", "--model-base", "b", "--name", "n", "--version", "1"]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--buckets", buckets])
+    assert exc.value.code == 2
+    assert f"Received: {buckets!r}" in capsys.readouterr().err
+
+
+def test_cli_existing_version_is_one_line_exit_2(exported: Any) -> None:
+    import subprocess
+    import sys
+
+    before = _tree_digest(exported.version_dir)
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "resnet_serving", "export", "--run", str(exported.run_dir),
+            "--model-base", str(exported.model_base), "--name", "tiny", "--version", "1",
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "already exists" in line
+    assert _tree_digest(exported.version_dir) == before

@@ -27,14 +27,13 @@ def _copy(exported: Any, tmp_path: Path) -> Path:
 
 
 def test_good_export_passes_every_check(exported: Any) -> None:
-    report = verify_export(exported.version_dir, exported.run_dir)
+    report = verify_export(exported.version_dir, exported.run_dir, use_cli=False)
     assert [c.name for c in report.checks] == [
         "manifest", "load", "parity", "signatures", "xla", "warmup",
     ]  # fmt: skip
     assert report.ok
     assert report.max_abs_diff is not None and report.max_abs_diff < 1e-4
     assert "same top-1" in next(c.detail for c in report.checks if c.name == "parity")
-    assert "(saved_model_cli)" in next(c.detail for c in report.checks if c.name == "signatures")
 
 
 def test_edited_labels_fail_with_the_line(exported: Any, tmp_path: Path) -> None:
@@ -112,3 +111,21 @@ signature_def['serving_default']:
             "probabilities": ("DT_FLOAT", "(-1, 6)"),
         }
     }
+
+
+def test_cli_verify_prints_checks_and_exits_by_result(
+    exported: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from resnet_serving.cli import main
+
+    assert main(["verify", str(exported.version_dir), "--run", str(exported.run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[PASS]") == 6 and "all 6 checks passed" in out
+    assert "as expected (saved_model_cli)" in out
+
+    version_dir = _copy(exported, tmp_path)
+    (version_dir / MANIFEST_RELPATH).unlink()  # stops before the slow checks
+    assert main(["verify", str(version_dir)]) == 2
+    captured = capsys.readouterr()
+    assert "[FAIL] manifest:" in captured.out
+    assert "1 check(s) failed: manifest" in captured.err
