@@ -107,7 +107,7 @@ def export_model(
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
-        module = ServingModule(model, run_info, top_k=top_k, jit_compile=jit_compile)
+        module = build_serving_module(model, run_info, top_k=top_k, jit_compile=jit_compile)
         tf.saved_model.save(
             module,
             str(tmp_dir),
@@ -137,49 +137,49 @@ def export_model(
     return version_dir
 
 
-class ServingModule:
-    """Factory for the tf.Module holding the model and both serving functions."""
+def build_serving_module(
+    model: Any, run_info: RunInfo, *, top_k: int, jit_compile: bool = True
+) -> Any:
+    """A tf.Module holding `model` and both serving functions (`serve_pixels`, `serve_bytes`)."""
+    import tensorflow as tf
 
-    def __new__(cls, model: Any, run_info: RunInfo, *, top_k: int, jit_compile: bool = True) -> Any:
-        import tensorflow as tf
+    height, width = run_info.input_height, run_info.input_width
+    norm = run_info.normalization
+    prep = run_info.preprocessing
+    outputs_logits = run_info.outputs_logits
 
-        height, width = run_info.input_height, run_info.input_width
-        norm = run_info.normalization
-        prep = run_info.preprocessing
-        outputs_logits = run_info.outputs_logits
+    module = tf.Module()
+    module.model = model  # tracked, so its variables are saved
 
-        module = tf.Module()
-        module.model = model  # tracked, so its variables are saved
+    # The XLA-compiled core. Decoding cannot be XLA-compiled (string ops), so
+    # `serve_bytes` decodes outside and calls this function for the numeric part.
+    @tf.function(
+        jit_compile=jit_compile,
+        input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8, name=INPUT_PIXELS)],
+    )
+    def serve_pixels(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        x = normalize(images, norm)
+        out = tf.cast(model(x, training=False), tf.float32)
+        probs = tf.nn.softmax(out, axis=-1) if outputs_logits else out
+        scores, ids = tf.math.top_k(probs, k=top_k)
+        return {
+            OUTPUT_PROBABILITIES: probs,
+            OUTPUT_TOP_K_IDS: tf.cast(ids, tf.int32),
+            OUTPUT_TOP_K_SCORES: scores,
+        }
 
-        # The XLA-compiled core. Decoding cannot be XLA-compiled (string ops), so
-        # `serve_bytes` decodes outside and calls this function for the numeric part.
-        @tf.function(
-            jit_compile=jit_compile,
-            input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8, name=INPUT_PIXELS)],
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_BYTES)])
+    def serve_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        images = tf.map_fn(
+            lambda b: decode_and_resize(b, height, width, prep),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([height, width, 3], tf.uint8),
         )
-        def serve_pixels(images: tf.Tensor) -> dict[str, tf.Tensor]:
-            x = normalize(images, norm)
-            out = tf.cast(model(x, training=False), tf.float32)
-            probs = tf.nn.softmax(out, axis=-1) if outputs_logits else out
-            scores, ids = tf.math.top_k(probs, k=top_k)
-            return {
-                OUTPUT_PROBABILITIES: probs,
-                OUTPUT_TOP_K_IDS: tf.cast(ids, tf.int32),
-                OUTPUT_TOP_K_SCORES: scores,
-            }
+        return serve_pixels(images)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_BYTES)])
-        def serve_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-            images = tf.map_fn(
-                lambda b: decode_and_resize(b, height, width, prep),
-                image_bytes,
-                fn_output_signature=tf.TensorSpec([height, width, 3], tf.uint8),
-            )
-            return serve_pixels(images)
-
-        module.serve_pixels = serve_pixels
-        module.serve_bytes = serve_bytes
-        return module
+    module.serve_pixels = serve_pixels
+    module.serve_bytes = serve_bytes
+    return module
 
 
 def decode_and_resize(data: Any, height: int, width: int, prep: Preprocessing) -> Any:
