@@ -57,8 +57,12 @@ def export_model(
     top_k: int = 5,
     fold_batchnorm: bool = False,
     serving_base_path: str = "/models",
+    jit_compile: bool = True,
 ) -> Path:
-    """Write `<model_base>/<name>/<version>/` and refresh the TF Serving configs; returns it."""
+    """Write `<model_base>/<name>/<version>/` and refresh the TF Serving configs; returns it.
+
+    `jit_compile=False` leaves the numeric core to TF's graph executor (benchmark baseline).
+    """
     import tensorflow as tf
 
     from model_builder.tfserving_config import write_tfserving_configs
@@ -81,6 +85,7 @@ def export_model(
         buckets=buckets,
         top_k=top_k,
         fold_batchnorm=fold_batchnorm,
+        jit_compile=jit_compile,
     )
     others = _other_manifests(model_base, exclude=name)
     for other in others:
@@ -102,7 +107,7 @@ def export_model(
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
-        module = build_serving_module(model, run_info, top_k=top_k)
+        module = build_serving_module(model, run_info, top_k=top_k, jit_compile=jit_compile)
         tf.saved_model.save(
             module,
             str(tmp_dir),
@@ -132,7 +137,9 @@ def export_model(
     return version_dir
 
 
-def build_serving_module(model: Any, run_info: RunInfo, *, top_k: int) -> Any:
+def build_serving_module(
+    model: Any, run_info: RunInfo, *, top_k: int, jit_compile: bool = True
+) -> Any:
     """A tf.Module holding `model` and both serving functions (`serve_pixels`, `serve_bytes`)."""
     import tensorflow as tf
 
@@ -147,7 +154,7 @@ def build_serving_module(model: Any, run_info: RunInfo, *, top_k: int) -> Any:
     # The XLA-compiled core. Decoding cannot be XLA-compiled (string ops), so
     # `serve_bytes` decodes outside and calls this function for the numeric part.
     @tf.function(
-        jit_compile=True,
+        jit_compile=jit_compile,
         input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8, name=INPUT_PIXELS)],
     )
     def serve_pixels(images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -256,6 +263,7 @@ def _build_manifest(
     buckets: Sequence[int],
     top_k: int,
     fold_batchnorm: bool,
+    jit_compile: bool = True,
 ) -> Manifest:
     import keras
     import tensorflow as tf
@@ -274,7 +282,7 @@ def _build_manifest(
             top_k=top_k,
             batch_buckets=tuple(buckets),
             precision=precision,
-            xla_compiled=True,
+            xla_compiled=jit_compile,
             folded_batchnorm=fold_batchnorm,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             framework={
