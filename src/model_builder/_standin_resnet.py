@@ -10,7 +10,11 @@ from typing import Any
 
 
 def build_model(
-    arch: str, *, input_size: int | None = None, num_classes: int = 1000, width: int | None = None,
+    arch: str,
+    *,
+    input_size: int | None = None,
+    num_classes: int = 1000,
+    width: int | None = None,
     dropout: float = 0.0,
 ) -> Any:
     import keras

@@ -9,7 +9,7 @@ with `preprocess.normalize`: training sees exactly what the exported graph compu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ BUILTIN_SHAPES = "builtin:shapes"
 # Formats tf.io.decode_image reads; Pillow knows more, but the pipeline could not decode them.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
 _TF_FORMATS = frozenset({"JPEG", "PNG", "BMP", "GIF", "MPO"})
+DEFAULT_SHAPES_PER_CLASS = 500
 _CACHE_LIMIT_BYTES = 1 << 30  # keep decoded images in memory only below this size
 Flip = Literal["none", "horizontal", "both"]
 
@@ -52,7 +53,7 @@ class PipelineOptions:
     flip: Flip = "horizontal"
     brightness: float = 0.1  # max delta as a fraction of full scale
     contrast: float = 0.15  # factor drawn from [1 - c, 1 + c]
-    preprocessing: Preprocessing = Preprocessing()
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
     normalization: Normalization = UNIT_SCALE
 
 
@@ -128,7 +129,9 @@ def _check_image(path: Path) -> None:
 # ---------------------------------------------------------------- splitting and pipelines
 
 
-def stratified_split(labels: np.ndarray, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, val_split: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Train and validation indices: `val_split` of each class, chosen by `seed`, sorted."""
     if not 0.0 < val_split < 1.0:
         raise DatasetError(f"val_split must be in (0, 1). Received: val_split={val_split}")
@@ -181,7 +184,9 @@ def _augment(image: Any, opts: PipelineOptions, seed: int) -> Any:
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
-def _pipelines(source: Any, n_items: int, bytes_per_item: int, opts: PipelineOptions, training: bool) -> Any:
+def _pipelines(
+    source: Any, n_items: int, bytes_per_item: int, opts: PipelineOptions, training: bool
+) -> Any:
     """(uint8 image, label) dataset -> shuffled/augmented (train) or plain (val) batches."""
     import tensorflow as tf
 
@@ -190,14 +195,18 @@ def _pipelines(source: Any, n_items: int, bytes_per_item: int, opts: PipelineOpt
         ds = ds.cache()
     if training:
         ds = ds.shuffle(min(n_items, 10_000), seed=opts.seed, reshuffle_each_iteration=True)
-        ds = ds.map(lambda x, y: (_augment(x, opts, opts.seed), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(
+            lambda x, y: (_augment(x, opts, opts.seed), y), num_parallel_calls=tf.data.AUTOTUNE
+        )
     norm = opts.normalization
     ds = ds.batch(opts.batch_size)
     ds = ds.map(lambda x, y: (normalize(x, norm), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def load_dataset(source: str | Path, opts: PipelineOptions, *, samples_per_class: int | None = None) -> Splits:
+def load_dataset(
+    source: str | Path, opts: PipelineOptions, *, samples_per_class: int | None = None
+) -> Splits:
     """`builtin:shapes` or an image folder -> train/val pipelines; validated before anything runs."""
     import tensorflow as tf
 
@@ -205,8 +214,12 @@ def load_dataset(source: str | Path, opts: PipelineOptions, *, samples_per_class
     text = str(source)
     if text.startswith("builtin:"):
         if text != BUILTIN_SHAPES:
-            raise DatasetError(f"unknown built-in dataset, the only one is {BUILTIN_SHAPES}. Received: {text!r}")
-        images, labels = generate_shapes(samples_per_class or 500, size, opts.seed)
+            raise DatasetError(
+                f"unknown built-in dataset, the only one is {BUILTIN_SHAPES}. Received: {text!r}"
+            )
+        images, labels = generate_shapes(
+            samples_per_class or DEFAULT_SHAPES_PER_CLASS, size, opts.seed
+        )
         tr, va = stratified_split(labels, opts.val_split, opts.seed)
         names: tuple[str, ...] = SHAPE_CLASSES
 
@@ -214,7 +227,9 @@ def load_dataset(source: str | Path, opts: PipelineOptions, *, samples_per_class
             return tf.data.Dataset.from_tensor_slices((images[idx], labels[idx]))
     else:
         if samples_per_class is not None:
-            raise DatasetError(f"--samples-per-class applies to {BUILTIN_SHAPES} only, not to folder {text}")
+            raise DatasetError(
+                f"--samples-per-class applies to {BUILTIN_SHAPES} only, not to folder {text}"
+            )
         files, labels, names = scan_image_folder(Path(text))
         tr, va = stratified_split(labels, opts.val_split, opts.seed)
         rule = opts.preprocessing
@@ -237,3 +252,23 @@ def load_dataset(source: str | Path, opts: PipelineOptions, *, samples_per_class
         n_val=len(va),
         val_labels=labels[va],
     )
+
+
+def write_examples(out_dir: Path, size: int = 256, seed: int = 1234) -> list[Path]:
+    """One PNG and one JPEG per class at `size` px (for curl demos; the gateway resizes them).
+
+    The PNGs are noise-free so they stay small; the JPEGs carry the training noise.
+    """
+    from model_builder.shapes import render_shape
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for c, name in enumerate(SHAPE_CLASSES):
+        for fmt, noise in (("png", False), ("jpg", True)):
+            rng = np.random.default_rng([seed, c, int(noise)])
+            path = out_dir / f"{name}.{fmt}"
+            img = Image.fromarray(render_shape(name, size, rng, noise=noise))
+            img.save(path, **({"quality": 80} if fmt == "jpg" else {"optimize": True}))
+            written.append(path)
+    return written

@@ -47,7 +47,9 @@ def _colour_pair(rng: np.random.Generator) -> tuple[Colour, Colour]:
             return bg, fg  # type: ignore[return-value]
 
 
-def _rotate(points: list[tuple[float, float]], angle: float, cx: float, cy: float) -> list[tuple[float, float]]:
+def _rotate(
+    points: list[tuple[float, float]], angle: float, cx: float, cy: float
+) -> list[tuple[float, float]]:
     c, s = math.cos(angle), math.sin(angle)
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in points]
 
@@ -60,12 +62,20 @@ def _placement(rng: np.random.Generator, n: int) -> tuple[float, float, float, f
     return cx, cy, r, rng.uniform(0.0, 2.0 * math.pi)
 
 
-def _polygon(points: list[tuple[float, float]], rng: np.random.Generator, n: int, d: ImageDraw.ImageDraw, fg: Colour) -> None:
+def _polygon(
+    points: list[tuple[float, float]],
+    rng: np.random.Generator,
+    n: int,
+    d: ImageDraw.ImageDraw,
+    fg: Colour,
+) -> None:
     cx, cy, r, angle = _placement(rng, n)
     d.polygon(_rotate([(x * r, y * r) for x, y in points], angle, cx, cy), fill=fg)
 
 
-def _circle(d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, fg: Colour) -> None:
+def _circle(
+    d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, fg: Colour
+) -> None:
     cx, cy, r, _ = _placement(rng, n)
     d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fg)
 
@@ -77,13 +87,19 @@ def _ring(d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, 
     d.ellipse((cx - inner, cy - inner, cx + inner, cy + inner), fill=bg)
 
 
-def _square(d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, fg: Colour) -> None:
+def _square(
+    d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, fg: Colour
+) -> None:
     k = 0.75
     _polygon([(-k, -k), (k, -k), (k, k), (-k, k)], rng, n, d, fg)
 
 
-def _triangle(d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, fg: Colour) -> None:
-    pts = [(math.cos(a), math.sin(a)) for a in (math.pi / 2 + i * 2 * math.pi / 3 for i in range(3))]
+def _triangle(
+    d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, fg: Colour
+) -> None:
+    pts = [
+        (math.cos(a), math.sin(a)) for a in (math.pi / 2 + i * 2 * math.pi / 3 for i in range(3))
+    ]
     _polygon(pts, rng, n, d, fg)
 
 
@@ -96,20 +112,42 @@ def _star(d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, 
     _polygon(pts, rng, n, d, fg)
 
 
-def _cross(d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, fg: Colour) -> None:
+def _cross(
+    d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, fg: Colour
+) -> None:
     w = rng.uniform(0.22, 0.32)
-    pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]
+    pts = [
+        (-w, -1),
+        (w, -1),
+        (w, -w),
+        (1, -w),
+        (1, w),
+        (w, w),
+        (w, 1),
+        (-w, 1),
+        (-w, w),
+        (-1, w),
+        (-1, -w),
+        (-w, -w),
+    ]
     _polygon(pts, rng, n, d, fg)
 
 
-def _stripes(d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, fg: Colour, angle: float) -> None:
+def _stripes(
+    d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, fg: Colour, angle: float
+) -> None:
     """Parallel bands across the whole canvas; `angle` 0 draws horizontal bands."""
     period = n * rng.uniform(0.16, 0.3)
     offset = rng.uniform(0.0, period)
     half = n  # bands span beyond the canvas so rotation leaves no gaps
     y = -half + offset
     while y < half:
-        band = [(-half * 1.5, y), (half * 1.5, y), (half * 1.5, y + period / 2), (-half * 1.5, y + period / 2)]
+        band = [
+            (-half * 1.5, y),
+            (half * 1.5, y),
+            (half * 1.5, y + period / 2),
+            (-half * 1.5, y + period / 2),
+        ]
         d.polygon(_rotate(band, angle, n / 2, n / 2), fill=fg)
         y += period
 
@@ -118,20 +156,28 @@ def _jitter(rng: np.random.Generator, degrees: float) -> float:
     return math.radians(rng.uniform(-degrees, degrees))
 
 
-def _horizontal(d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, fg: Colour) -> None:
+def _horizontal(
+    d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, fg: Colour
+) -> None:
     _stripes(d, n, rng, fg, _jitter(rng, 12))
 
 
-def _vertical(d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, fg: Colour) -> None:
+def _vertical(
+    d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, fg: Colour
+) -> None:
     _stripes(d, n, rng, fg, math.pi / 2 + _jitter(rng, 12))
 
 
-def _diagonal(d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, fg: Colour) -> None:
+def _diagonal(
+    d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, fg: Colour
+) -> None:
     direction = math.pi / 4 if rng.random() < 0.5 else -math.pi / 4
     _stripes(d, n, rng, fg, direction + _jitter(rng, 8))
 
 
-def _checkerboard(d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, fg: Colour) -> None:
+def _checkerboard(
+    d: ImageDraw.ImageDraw, n: int, rng: np.random.Generator, bg: Colour, fg: Colour
+) -> None:
     cell = n * rng.uniform(0.14, 0.26)
     angle = _jitter(rng, 10)
     ox, oy = rng.uniform(0.0, cell, 2)
@@ -159,7 +205,9 @@ _PAINTERS: dict[str, _Painter] = {
 }
 
 
-def render_shape(label: str, size: int, rng: np.random.Generator, *, noise: bool = True) -> np.ndarray:
+def render_shape(
+    label: str, size: int, rng: np.random.Generator, *, noise: bool = True
+) -> np.ndarray:
     """One `size x size` RGB uint8 image of class `label`, drawn with randomness from `rng`."""
     n = size * _SUPERSAMPLE
     bg, fg = _colour_pair(rng)
@@ -171,7 +219,9 @@ def render_shape(label: str, size: int, rng: np.random.Generator, *, noise: bool
     return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
 
 
-def generate_shapes(n_per_class: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def generate_shapes(
+    n_per_class: int, size: int = 32, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """`n_per_class` images of every class: (uint8 [N, size, size, 3], int32 labels [N]).
 
     Labels index `SHAPE_CLASSES` (sorted names, as an image folder would give). Deterministic

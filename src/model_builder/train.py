@@ -16,7 +16,13 @@ from typing import Any, Literal
 import numpy as np
 
 from model_builder.artifacts import INFO_FILE, MODEL_FILE, RunInfo, save_run_info
-from model_builder.datasets import BUILTIN_SHAPES, Flip, PipelineOptions, load_dataset
+from model_builder.datasets import (
+    BUILTIN_SHAPES,
+    DEFAULT_SHAPES_PER_CLASS,
+    Flip,
+    PipelineOptions,
+    load_dataset,
+)
 from model_builder.errors import ModelBuilderError
 from model_builder.manifest import Preprocessing
 from model_builder.preprocess import UNIT_SCALE
@@ -69,9 +75,10 @@ def format_confusion(conf: Confusion, k: int = 5) -> str:
     for (name, acc), n in zip(conf.per_class.items(), support, strict=True):
         lines.append(f"{name:<{width}}  {acc:>6.1%}  {n:>5}")
     mistakes = conf.top_confusions(k)
-    lines.append("top confusions (true -> predicted: count): " + (
-        ", ".join(f"{t} -> {p}: {c}" for t, p, c in mistakes) if mistakes else "none"
-    ))
+    lines.append(
+        "top confusions (true -> predicted: count): "
+        + (", ".join(f"{t} -> {p}: {c}" for t, p, c in mistakes) if mistakes else "none")
+    )
     return "\n".join(lines)
 
 
@@ -85,12 +92,16 @@ class TrainResult:
 
 
 # The one place that calls model_builder.resnet; the stand-in goes once that module lands.
-def _build_model(arch: str, input_size: int, num_classes: int, width: int | None, dropout: float) -> Any:
+def _build_model(
+    arch: str, input_size: int, num_classes: int, width: int | None, dropout: float
+) -> Any:
     try:
         from model_builder.resnet import build_model  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         from model_builder._standin_resnet import build_model
-    return build_model(arch, input_size=input_size, num_classes=num_classes, width=width, dropout=dropout)
+    return build_model(
+        arch, input_size=input_size, num_classes=num_classes, width=width, dropout=dropout
+    )
 
 
 def _float32_logits(model: Any) -> Any:
@@ -99,7 +110,9 @@ def _float32_logits(model: Any) -> Any:
 
     if model.outputs[0].dtype == "float32":
         return model
-    out = keras.layers.Activation("linear", dtype="float32", name="logits_float32")(model.outputs[0])
+    out = keras.layers.Activation("linear", dtype="float32", name="logits_float32")(
+        model.outputs[0]
+    )
     return keras.Model(model.inputs, out, name=model.name)
 
 
@@ -160,13 +173,22 @@ def train(
     run_dir = Path(run_dir)
     _check_run_dir(run_dir)
     if epochs < 1 or batch_size < 1:
-        raise ModelBuilderError(f"epochs and batch size must be >= 1. Received: epochs={epochs}, batch_size={batch_size}")
+        raise ModelBuilderError(
+            f"epochs and batch size must be >= 1. Received: epochs={epochs}, batch_size={batch_size}"
+        )
     if mixed_precision not in ("none", "float16", "bfloat16"):
-        raise ModelBuilderError(f"mixed precision must be none, float16 or bfloat16. Received: {mixed_precision!r}")
+        raise ModelBuilderError(
+            f"mixed precision must be none, float16 or bfloat16. Received: {mixed_precision!r}"
+        )
     preprocessing = Preprocessing()
     opts = PipelineOptions(
-        input_size=input_size, batch_size=batch_size, val_split=val_split, seed=seed, flip=flip,
-        preprocessing=preprocessing, normalization=UNIT_SCALE,
+        input_size=input_size,
+        batch_size=batch_size,
+        val_split=val_split,
+        seed=seed,
+        flip=flip,
+        preprocessing=preprocessing,
+        normalization=UNIT_SCALE,
     )
     splits = load_dataset(data, opts, samples_per_class=samples_per_class)  # validates first
     log(f"data: {data}  classes {len(splits.labels)}  train {splits.n_train}  val {splits.n_val}")
@@ -181,7 +203,9 @@ def train(
         model = _float32_logits(_build_model(arch, input_size, len(splits.labels), width, dropout))
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    log(f"model: {arch}  input {input_size}x{input_size}  params {model.count_params():,}  precision {mixed_precision}")
+    log(
+        f"model: {arch}  input {input_size}x{input_size}  params {model.count_params():,}  precision {mixed_precision}"
+    )
 
     steps = epochs * max(1, -(-splits.n_train // batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.05)
@@ -202,7 +226,9 @@ def train(
         _EpochLine(log, epochs),
     ]
     start = time.perf_counter()
-    history = model.fit(splits.train, validation_data=splits.val, epochs=epochs, callbacks=callbacks, verbose=0)
+    history = model.fit(
+        splits.train, validation_data=splits.val, epochs=epochs, callbacks=callbacks, verbose=0
+    )
     seconds = time.perf_counter() - start
 
     # Early stopping restored the best weights; predict once for the confusion summary.
@@ -221,7 +247,9 @@ def train(
         val_accuracy=round(conf.accuracy, 6),
         notes={
             "data": str(data),
-            "samples_per_class": str(samples_per_class or (500 if str(data) == BUILTIN_SHAPES else "")),
+            "samples_per_class": str(samples_per_class or DEFAULT_SHAPES_PER_CLASS)
+            if str(data) == BUILTIN_SHAPES
+            else "",
             "train_images": str(splits.n_train),
             "val_images": str(splits.n_val),
             "epochs_run": str(epochs_run),
