@@ -1,0 +1,1 @@
+"""Model backends behind one protocol: `embedded` (in-process TF) and `tfserving` (gRPC)."""
