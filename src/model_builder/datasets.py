@@ -129,12 +129,16 @@ def _check_image(path: Path) -> None:
 # ---------------------------------------------------------------- splitting and pipelines
 
 
+def check_val_split(val_split: float) -> None:
+    if not 0.0 < val_split < 1.0:
+        raise DatasetError(f"val_split must be in (0, 1). Received: val_split={val_split}")
+
+
 def stratified_split(
     labels: np.ndarray, val_split: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train and validation indices: `val_split` of each class, chosen by `seed`, sorted."""
-    if not 0.0 < val_split < 1.0:
-        raise DatasetError(f"val_split must be in (0, 1). Received: val_split={val_split}")
+    check_val_split(val_split)
     rng = np.random.default_rng(seed)
     train_idx: list[int] = []
     val_idx: list[int] = []
@@ -204,54 +208,76 @@ def _pipelines(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def load_dataset(
-    source: str | Path, opts: PipelineOptions, *, samples_per_class: int | None = None
-) -> Splits:
-    """`builtin:shapes` or an image folder -> train/val pipelines; validated before anything runs."""
-    import tensorflow as tf
+@dataclass(frozen=True)
+class Source:
+    """A validated dataset, before any TensorFlow: images in memory or image files, labelled."""
 
-    size = opts.input_size
+    labels: np.ndarray  # int32 index into class_names
+    class_names: tuple[str, ...]
+    images: np.ndarray | None = None  # uint8 [N, S, S, 3] (builtin)
+    files: tuple[Path, ...] = ()  # one per label (image folder)
+
+
+def open_source(
+    source: str | Path, *, input_size: int, seed: int, samples_per_class: int | None = None
+) -> Source:
+    """Check (folder) or generate (builtin) a dataset; every DatasetError surfaces here."""
     text = str(source)
     if text.startswith("builtin:"):
         if text != BUILTIN_SHAPES:
             raise DatasetError(
                 f"unknown built-in dataset, the only one is {BUILTIN_SHAPES}. Received: {text!r}"
             )
-        images, labels = generate_shapes(
-            samples_per_class or DEFAULT_SHAPES_PER_CLASS, size, opts.seed
+        n = samples_per_class or DEFAULT_SHAPES_PER_CLASS
+        images, labels = generate_shapes(n, input_size, seed)
+        return Source(labels=labels, class_names=SHAPE_CLASSES, images=images)
+    if samples_per_class is not None:
+        raise DatasetError(
+            f"--samples-per-class applies to {BUILTIN_SHAPES} only, not to folder {text}"
         )
-        tr, va = stratified_split(labels, opts.val_split, opts.seed)
-        names: tuple[str, ...] = SHAPE_CLASSES
+    files, labels, names = scan_image_folder(Path(text))
+    return Source(labels=labels, class_names=names, files=tuple(files))
 
-        def make(idx: np.ndarray) -> Any:
-            return tf.data.Dataset.from_tensor_slices((images[idx], labels[idx]))
-    else:
-        if samples_per_class is not None:
-            raise DatasetError(
-                f"--samples-per-class applies to {BUILTIN_SHAPES} only, not to folder {text}"
-            )
-        files, labels, names = scan_image_folder(Path(text))
-        tr, va = stratified_split(labels, opts.val_split, opts.seed)
-        rule = opts.preprocessing
 
-        def load(path: Any, label: Any) -> Any:
-            raw = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-            return _resize_uint8(raw, size, rule), label
+def make_splits(src: Source, opts: PipelineOptions) -> Splits:
+    """Stratified train/val split of `src` -> batched tf.data pipelines per `opts`."""
+    tr, va = stratified_split(src.labels, opts.val_split, opts.seed)
+    import tensorflow as tf
 
-        def make(idx: np.ndarray) -> Any:
-            paths = [str(files[i]) for i in idx]
-            ds = tf.data.Dataset.from_tensor_slices((paths, labels[idx]))
-            return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    size = opts.input_size
+    rule = opts.preprocessing
+    labels = src.labels
+
+    def load(path: Any, label: Any) -> Any:
+        raw = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return _resize_uint8(raw, size, rule), label
+
+    def make(idx: np.ndarray) -> Any:
+        if src.images is not None:  # generated at the input size already
+            return tf.data.Dataset.from_tensor_slices((src.images[idx], labels[idx]))
+        paths = [str(src.files[i]) for i in idx]
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels[idx]))
+        return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
     per_item = size * size * 3
     return Splits(
         train=_pipelines(make(tr), len(tr), per_item, opts, training=True),
         val=_pipelines(make(va), len(va), per_item, opts, training=False),
-        labels=names,
+        labels=src.class_names,
         n_train=len(tr),
         n_val=len(va),
         val_labels=labels[va],
     )
+
+
+def load_dataset(
+    source: str | Path, opts: PipelineOptions, *, samples_per_class: int | None = None
+) -> Splits:
+    """`builtin:shapes` or an image folder -> train/val pipelines; validated before TF runs."""
+    src = open_source(
+        source, input_size=opts.input_size, seed=opts.seed, samples_per_class=samples_per_class
+    )
+    return make_splits(src, opts)
 
 
 def write_examples(out_dir: Path, size: int = 256, seed: int = 1234) -> list[Path]:

@@ -213,7 +213,7 @@ def render_shape(
     bg, fg = _colour_pair(rng)
     img = Image.new("RGB", (n, n), bg)
     _PAINTERS[label](ImageDraw.Draw(img), n, rng, bg, fg)
-    arr = np.asarray(img.resize((size, size), Image.Resampling.BOX), dtype=np.float32)
+    arr = np.asarray(img.resize((size, size), Image.Resampling.BOX), dtype=np.float64)
     if noise:
         arr = arr + rng.normal(0.0, rng.uniform(0.0, _MAX_NOISE_STD), arr.shape)
     return np.clip(np.rint(arr), 0, 255).astype(np.uint8)

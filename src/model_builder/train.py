@@ -21,7 +21,9 @@ from model_builder.datasets import (
     DEFAULT_SHAPES_PER_CLASS,
     Flip,
     PipelineOptions,
-    load_dataset,
+    check_val_split,
+    make_splits,
+    open_source,
 )
 from model_builder.errors import ModelBuilderError
 from model_builder.manifest import Preprocessing
@@ -91,14 +93,12 @@ class TrainResult:
     seconds: float
 
 
-# The one place that calls model_builder.resnet; the stand-in goes once that module lands.
 def _build_model(
-    arch: str, input_size: int, num_classes: int, width: int | None, dropout: float
+    arch: str, input_size: int, num_classes: int, width: int | None, dropout: float | None
 ) -> Any:
-    try:
-        from model_builder.resnet import build_model  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        from model_builder._standin_resnet import build_model
+    """The one call site of `model_builder.resnet.build_model`."""
+    from model_builder.resnet import build_model
+
     return build_model(
         arch, input_size=input_size, num_classes=num_classes, width=width, dropout=dropout
     )
@@ -163,7 +163,7 @@ def train(
     mixed_precision: MixedPrecision = "none",
     samples_per_class: int | None = None,
     width: int | None = None,
-    dropout: float = 0.0,
+    dropout: float | None = None,
     learning_rate: float = 2e-3,
     patience: int = 5,
     flip: Flip = "horizontal",
@@ -180,7 +180,14 @@ def train(
         raise ModelBuilderError(
             f"mixed precision must be none, float16 or bfloat16. Received: {mixed_precision!r}"
         )
-    preprocessing = Preprocessing()
+    check_val_split(val_split)
+    # Dataset problems are reported before TensorFlow or Keras is even imported.
+    src = open_source(data, input_size=input_size, seed=seed, samples_per_class=samples_per_class)
+
+    from model_builder.resnet import get_spec
+
+    # The serving resize rule is the architecture's (crop fraction), so train with it too.
+    preprocessing = Preprocessing(crop_fraction=get_spec(arch).crop_fraction)
     opts = PipelineOptions(
         input_size=input_size,
         batch_size=batch_size,
@@ -190,7 +197,7 @@ def train(
         preprocessing=preprocessing,
         normalization=UNIT_SCALE,
     )
-    splits = load_dataset(data, opts, samples_per_class=samples_per_class)  # validates first
+    splits = make_splits(src, opts)
     log(f"data: {data}  classes {len(splits.labels)}  train {splits.n_train}  val {splits.n_val}")
 
     import keras
