@@ -71,7 +71,7 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, labels: tuple[str, ...]) -
 
 def format_confusion(conf: Confusion, k: int = 5) -> str:
     """A small text table: accuracy per class (with support), then the top confusions."""
-    width = max(len(name) for name in conf.labels)
+    width = max(len("class"), *(len(name) for name in conf.labels))
     support = conf.matrix.sum(axis=1)
     lines = [f"{'class':<{width}}  {'acc':>6}  {'n':>5}"]
     for (name, acc), n in zip(conf.per_class.items(), support, strict=True):
@@ -167,6 +167,7 @@ def train(
     learning_rate: float = 2e-3,
     patience: int = 5,
     flip: Flip = "horizontal",
+    jit_compile: bool = False,
     log: Log = print,
 ) -> TrainResult:
     """Train, keep the best epoch by validation accuracy, write model.keras and run.json."""
@@ -220,6 +221,7 @@ def train(
         optimizer=keras.optimizers.Adam(schedule),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        jit_compile=jit_compile,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     callbacks = [
@@ -234,7 +236,12 @@ def train(
     ]
     start = time.perf_counter()
     history = model.fit(
-        splits.train, validation_data=splits.val, epochs=epochs, callbacks=callbacks, verbose=0
+        splits.train,
+        validation_data=splits.val,
+        epochs=epochs,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=0,
     )
     seconds = time.perf_counter() - start
 
