@@ -292,7 +292,8 @@ def write_examples(out_dir: Path, size: int = 256, seed: int = 1234) -> list[Pat
     written: list[Path] = []
     for c, name in enumerate(SHAPE_CLASSES):
         for fmt, noise in (("png", False), ("jpg", True)):
-            rng = np.random.default_rng([seed, c, int(noise)])
+            # A 4-word seed: streams never coincide with generate_shapes' [seed, class, i].
+            rng = np.random.default_rng([seed, c, int(noise), 1])
             path = out_dir / f"{name}.{fmt}"
             img = Image.fromarray(render_shape(name, size, rng, noise=noise))
             img.save(path, **({"quality": 80} if fmt == "jpg" else {"optimize": True}))
