@@ -22,10 +22,10 @@ from model_builder.train import Log, train
 # (benchmarks/results/demo_training.md).
 DEMO_ARCH = "resnet_cifar"
 DEMO_INPUT_SIZE = 32
-DEMO_WIDTH = 16
-DEMO_EPOCHS = 12
-DEMO_SAMPLES_PER_CLASS = 400
-DEMO_BATCH_SIZE = 64
+DEMO_WIDTH = 8
+DEMO_EPOCHS = 10
+DEMO_SAMPLES_PER_CLASS = 300
+DEMO_BATCH_SIZE = 32
 TARGET_ACCURACY = 0.95
 
 
