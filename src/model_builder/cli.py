@@ -26,7 +26,10 @@ ARCH_NAMES = (
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this package's subcommands to the top-level parser."""
+    from model_builder import cli_train
+
     _add_build(sub)
+    cli_train.register(sub)
     _add_export(sub)
     _add_verify(sub)
     _add_bench(sub)
