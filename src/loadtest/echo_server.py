@@ -154,7 +154,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--uvloop", action="store_true", help="run on uvloop")
-    ap.add_argument("--processes", type=int, default=1, help="serve from N processes (SO_REUSEPORT)")
+    ap.add_argument(
+        "--processes", type=int, default=1, help="serve from N processes (SO_REUSEPORT)"
+    )
     ap.add_argument("--from-env", action="store_true",
                     help="port from RESNET_SERVING_PORT, delay from RESNET_SERVING_MAX_WAIT_MS "
                     "(stands in for the gateway in sweep tests)")  # fmt: skip

@@ -72,6 +72,7 @@ class StepSpec:
 
     def share(self, index: int, workers: int) -> tuple[int, int | None]:
         """Closed loop: (clients, measured requests) that worker `index` of `workers` runs."""
+
         def part(n: int) -> int:
             return n // workers + (1 if index < n % workers else 0)
 

@@ -28,7 +28,7 @@ Runner = LocalRunner | WorkerPool
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop when available (less CPU per request), else asyncio."""
-    return run_loop(coro)  # type: ignore[no-any-return]
+    return run_loop(coro)
 
 
 def make_runner(recipe: Recipe, workers: int) -> Runner:

@@ -15,8 +15,8 @@ import itertools
 import os
 import sys
 import types
-from time import perf_counter as now  # uvloop's loop.time() ticks in whole ms
 from dataclasses import dataclass
+from time import perf_counter as now  # uvloop's loop.time() ticks in whole ms
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -29,7 +29,8 @@ DEFAULT_PATH = "/v1/classify"
 
 
 class Target(Protocol):
-    waits: int
+    @property
+    def waits(self) -> int: ...
 
     async def check(self) -> None: ...
     def start(self, due: float, deadline: float, done: DoneFn) -> None: ...
@@ -181,7 +182,9 @@ class GrpcTarget:
 
     def start(self, due: float, deadline: float, done: DoneFn) -> None:
         sent = now()
-        call = asyncio.ensure_future(self.stub.Predict(self._next(), timeout=max(0.001, deadline - sent)))
+        call = asyncio.ensure_future(
+            self.stub.Predict(self._next(), timeout=max(0.001, deadline - sent))
+        )
         self._calls.add(call)
 
         def finished(call: asyncio.Future[Any]) -> None:
@@ -195,7 +198,15 @@ class GrpcTarget:
                 done(due, sent, t, "OK", True, None, None)
             elif isinstance(exc, self.grpc.aio.AioRpcError):
                 code = exc.code().name
-                done(due, sent, t, code, False, "timeout" if code == "DEADLINE_EXCEEDED" else None, None)
+                done(
+                    due,
+                    sent,
+                    t,
+                    code,
+                    False,
+                    "timeout" if code == "DEADLINE_EXCEEDED" else None,
+                    None,
+                )
             else:
                 done(due, sent, t, None, False, error_kind(exc), None)
 

@@ -11,6 +11,7 @@ publish their live counters into shared memory for the progress bar.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import time
 from multiprocessing.connection import Connection
@@ -128,7 +129,7 @@ class WorkerPool:
             return conn.recv()
 
         try:
-            return await asyncio.to_thread(get)  # type: ignore[no-any-return]
+            return await asyncio.to_thread(get)
         except EOFError as exc:
             raise LoadTestError("a load-generator worker process died") from exc
 
@@ -136,7 +137,7 @@ class WorkerPool:
         for proc in self.procs:
             proc.start()
         answers = await asyncio.gather(*(self._recv(c, READY_TIMEOUT_S) for c in self.conns))
-        for _, error, describe in answers:
+        for _, error, _describe in answers:
             if error is not None:
                 raise LoadTestError(error)
         self._describe = {**answers[0][2], "workers": self.workers}
@@ -154,16 +155,18 @@ class WorkerPool:
         while not results.done():
             await asyncio.wait({results}, timeout=0.1)
             c = list(self.counters)
-            self.live.started, self.live.done, self.live.ok = sum(c[0::3]), sum(c[1::3]), sum(c[2::3])
+            self.live.started, self.live.done, self.live.ok = (
+                sum(c[0::3]),
+                sum(c[1::3]),
+                sum(c[2::3]),
+            )
             self.live.measuring = now() >= t0 + spec.warmup_s
         return summarise(spec, [part for _, part, _ in results.result()], started_at)
 
     async def close(self) -> None:
         for conn in self.conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.send(None)
-            except OSError:
-                pass
         deadline = time.monotonic() + 5.0
         for proc in self.procs:
             if proc.pid is None:
