@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,13 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
     )
     b.add_argument("--seed", type=int, default=0, help="seed for Poisson arrivals")
     p.add_argument(
+        "--workers",
+        default="1",
+        metavar="N|auto",
+        help="load-generator processes (auto = one per core); each runs its share of the "
+        "clients, or every N-th send of the one schedule",
+    )
+    p.add_argument(
         "--out", metavar="DIR", help="write result.json, summary.csv, timeseries.csv and PNG plots"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -160,7 +168,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="a step with more errors fails the search",
     )
     add_load_options(run)
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, needs_tensorflow=False)  # --grpc loads only TF's protos
 
     cmp = lsub.add_parser("compare", help="two result.json files side by side, with B/A ratios")
     cmp.add_argument("a", metavar="A.json")
@@ -168,17 +176,28 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     cmp.add_argument(
         "--json", action="store_true", help="print the rows as JSON instead of a table"
     )
-    cmp.set_defaults(func=cmd_compare)
+    cmp.set_defaults(func=cmd_compare, needs_tensorflow=False)
 
     from loadtest.sweep import register_sweep
 
     register_sweep(lsub, add_load_options)
 
 
+def parse_workers(text: str) -> int:
+    """`--workers`: a count in 1..256, or `auto` (one per CPU core)."""
+    if text == "auto":
+        return max(1, os.cpu_count() or 1)
+    n = int(text) if text.isdigit() else 0
+    if not 1 <= n <= 256:
+        raise LoadTestError(f"--workers must be 1..256 or auto. Received: {text!r}")
+    return n
+
+
 def normalise(args: argparse.Namespace) -> argparse.Namespace:
     """Fill defaults that depend on other options; check option combinations."""
     args.gen_size = args.gen_size or ["640x480"]
     args.gen_format = args.gen_format or ["jpeg"]
+    args.workers = parse_workers(str(args.workers))
     args.duration_given = args.duration is not None
     if args.duration is None:
         args.duration = 10.0

@@ -4,7 +4,9 @@ It answers every request with a small JSON body, `Server-Timing` and `X-Request-
 `POST /v1/classify` does, and `GET /readyz` with 200. It can be told to add a fixed delay
 or to stall once (`stall_at_s`, `stall_s`): every request that arrives during the stall,
 and the ones already waiting, are answered when it ends. Run it as
-`python -m loadtest.echo_server --port 8080` to measure the generator's own ceiling.
+`python -m loadtest.echo_server --port 8080` to measure the generator's own ceiling;
+`--processes N` serves the port from N processes (SO_REUSEPORT), so that the endpoint is
+not the bottleneck when load generators are compared against it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import sys
 from dataclasses import dataclass
 from typing import cast
 
@@ -114,9 +117,11 @@ class EchoServer:
                 wait = max(wait, start + b.stall_s - now)
         return wait
 
-    async def start(self, port: int = 0) -> int:
+    async def start(self, port: int = 0, *, reuse_port: bool = False) -> int:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Handler(self), "127.0.0.1", port)
+        self._server = await loop.create_server(
+            lambda: _Handler(self), "127.0.0.1", port, reuse_port=reuse_port or None
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -127,11 +132,31 @@ class EchoServer:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
 
 
+def _serve(port: int, delay_ms: float, use_uvloop: bool, reuse_port: bool, announce: bool) -> None:
+    async def serve() -> None:
+        server = EchoServer(Behaviour(delay_s=delay_ms / 1000.0))
+        bound = await server.start(port, reuse_port=reuse_port)
+        if announce:
+            print(f"listening on http://127.0.0.1:{bound}", flush=True)
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        if use_uvloop:
+            import uvloop
+
+            uvloop.run(serve())
+        else:
+            asyncio.run(serve())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    ap.add_argument(
+        "--processes", type=int, default=1, help="serve from N processes (SO_REUSEPORT)"
+    )
     ap.add_argument("--from-env", action="store_true",
                     help="port from RESNET_SERVING_PORT, delay from RESNET_SERVING_MAX_WAIT_MS "
                     "(stands in for the gateway in sweep tests)")  # fmt: skip
@@ -141,21 +166,25 @@ def main() -> None:
 
         args.port = int(os.environ.get("RESNET_SERVING_PORT", args.port))
         args.delay_ms = float(os.environ.get("RESNET_SERVING_MAX_WAIT_MS", args.delay_ms))
+    if args.processes <= 1:
+        _serve(args.port, args.delay_ms, args.uvloop, False, True)
+        return
+    import multiprocessing as mp
+    import signal
+    import socket
 
-    async def serve() -> None:
-        server = EchoServer(Behaviour(delay_s=args.delay_ms / 1000.0))
-        port = await server.start(args.port)
-        print(f"listening on http://127.0.0.1:{port}", flush=True)
-        await asyncio.Event().wait()
-
-    if args.uvloop:
-        import uvloop
-
-        uvloop.run(serve())
-    else:
-        asyncio.run(serve())
+    if args.port == 0:  # every process must bind the same port: pick it here
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            args.port = s.getsockname()[1]
+    # SIGTERM -> SystemExit, so multiprocessing's exit handler stops the daemonic children.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    ctx = mp.get_context("spawn")
+    for _ in range(args.processes - 1):
+        ctx.Process(target=_serve, args=(args.port, args.delay_ms, args.uvloop, True, False),
+                    daemon=True).start()  # fmt: skip
+    _serve(args.port, args.delay_ms, args.uvloop, True, True)
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        main()
+    main()

@@ -5,20 +5,27 @@ arrivals) and each is sent as its own task when due, whatever the others are doi
 offered load does not drop when the server slows down. Latency counts from the due time.
 Closed loop (`concurrency`): N clients, each sends its next request when the previous one
 finished; latency counts from the send. This is what most tools do, and it hides stalls.
+
+With `--workers N` each process runs `measure()` with its `index`: in open loop it walks
+the same global schedule and sends every N-th request (so latency still counts from that
+request's due time); in closed loop it runs its share of the clients. Everything is
+callback-driven (see httpclient): no task or timer per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from time import perf_counter as now  # uvloop's loop.time() ticks in whole ms
+from time import perf_counter as now  # one system-wide clock (CLOCK_MONOTONIC) for all workers
 from typing import Any
 
 from loadtest.errors import LoadTestError
-from loadtest.recorder import StepRecorder
+from loadtest.recorder import StepRecorder, StepTotals
 from loadtest.targets import Target
 
 
@@ -63,6 +70,15 @@ class StepSpec:
     def open_loop(self) -> bool:
         return self.rate is not None
 
+    def share(self, index: int, workers: int) -> tuple[int, int | None]:
+        """Closed loop: (clients, measured requests) that worker `index` of `workers` runs."""
+
+        def part(n: int) -> int:
+            return n // workers + (1 if index < n % workers else 0)
+
+        assert self.concurrency is not None
+        return part(self.concurrency), None if self.requests is None else part(self.requests)
+
     def planned_s(self) -> float:
         """Upper estimate of the step's wall time, for the global hard timeout."""
         if self.duration_s is not None:
@@ -76,7 +92,7 @@ class StepSpec:
 
 @dataclass
 class Live:
-    """Counters the progress bar reads while a step runs."""
+    """Counters the progress bar reads while a step runs (per process)."""
 
     started: int = 0
     done: int = 0
@@ -85,88 +101,132 @@ class Live:
     t_start: float = field(default_factory=time.monotonic)
 
 
-def _gaps(spec: StepSpec) -> Any:
+def schedule(spec: StepSpec, t0: float, window_start: float) -> Iterator[tuple[int, float]]:
+    """The global schedule: (index, due time), bounded by --duration and --requests.
+
+    Constant arrivals are computed as t0 + k/rate (no drift from summing gaps); Poisson gaps
+    come from one seeded generator, so every worker walks the same sequence.
+    """
     assert spec.rate is not None
+    end = window_start + spec.duration_s if spec.duration_s is not None else math.inf
+    limit = spec.requests if spec.requests is not None else math.inf
     rng = random.Random(spec.seed)
+    poisson = spec.arrival == "poisson"
     mean = 1.0 / spec.rate
-    while True:
-        yield rng.expovariate(spec.rate) if spec.arrival == "poisson" else mean
-
-
-async def _open_loop(
-    target: Target, spec: StepSpec, rec: StepRecorder, live: Live, t0: float
-) -> float:
-    end = rec.window_start + spec.duration_s if spec.duration_s is not None else math.inf
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def one(due: float) -> None:
-        out = await target.send(due + spec.timeout_s)
-        rec.record(due, out, open_loop=True)
-        live.done += 1
-        live.ok += out.ok
-
     measured = 0
+    k = 0
     due = t0
-    last_due = t0
-    gaps = _gaps(spec)
-    while due < end and (spec.requests is None or measured < spec.requests):
-        delay = due - now()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = asyncio.ensure_future(one(due))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        live.started += 1
-        if due >= rec.window_start:
-            measured += 1
-            live.measuring = True
-        last_due = due
-        due += next(gaps)
-    if tasks:
-        await asyncio.gather(*tasks)
-    return last_due
-
-
-async def _closed_loop(target: Target, spec: StepSpec, rec: StepRecorder, live: Live) -> float:
-    end = rec.window_start + spec.duration_s if spec.duration_s is not None else math.inf
-    measured = 0
-    last_start = rec.window_start
-
-    async def client() -> None:
-        nonlocal measured, last_start
-        while True:
-            start = now()
-            if start >= end or (spec.requests is not None and measured >= spec.requests):
+    while due < end:
+        if due >= window_start:
+            if measured >= limit:
                 return
-            if start >= rec.window_start:
-                measured += 1
-                live.measuring = True
-                last_start = max(last_start, start)
-            live.started += 1
-            out = await target.send(start + spec.timeout_s)
-            rec.record(start, out, open_loop=False)
-            live.done += 1
-            live.ok += out.ok
-
-    await asyncio.gather(*(client() for _ in range(spec.concurrency or 1)))
-    return last_start
+            measured += 1
+        yield k, due
+        k += 1
+        due = due + rng.expovariate(spec.rate) if poisson else t0 + k * mean
 
 
-async def run_step(target: Target, spec: StepSpec, live: Live | None = None) -> dict[str, Any]:
-    """Run one step and return its summary (see recorder.StepRecorder.summary)."""
+async def _watchdog(target: Target, tick: float) -> None:
+    while True:
+        await asyncio.sleep(tick)
+        target.expire(now())
+
+
+async def measure(target: Target, spec: StepSpec, t0: float, *, index: int = 0, workers: int = 1,
+                  live: Live | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run this process's part of one step starting at `t0`; returns a recorder partial
+    (plus `last_s`: the last measured due/start time, relative to the window)."""
     live = live or Live()
-    t0 = now() + 0.005
-    rec = StepRecorder(window_start=t0 + spec.warmup_s)
-    waits_before = getattr(target, "waits", 0)
-    started_at = time.time()
-    if spec.open_loop:
-        last = await _open_loop(target, spec, rec, live, t0)
-    else:
-        last = await _closed_loop(target, spec, rec, live)
-    rec.conn_waits = getattr(target, "waits", 0) - waits_before
-    window_s = (
-        spec.duration_s if spec.duration_s is not None else max(last - rec.window_start, 1e-3)
-    )
+    window_start = t0 + spec.warmup_s
+    rec = StepRecorder(window_start, open_loop=spec.open_loop)
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+    state = {"outstanding": 0, "last": window_start, "issuing": True}
+    waits_before = target.waits
+
+    def settle() -> None:
+        if not state["issuing"] and state["outstanding"] == 0 and not finished.done():
+            finished.set_result(None)
+
+    def done(due: float, sent: float, t: float, status: Any, ok: bool, error: str | None,
+             timing: Any) -> None:  # fmt: skip
+        rec.record(due, sent, t, status, ok, error, timing)
+        live.done += 1
+        live.ok += ok
+        state["outstanding"] -= 1
+
+    def done_open(*outcome: Any) -> None:
+        done(*outcome)
+        settle()
+
+    timeout = spec.timeout_s
+    watchdog = asyncio.ensure_future(_watchdog(target, min(0.05, timeout / 20)))
+    gc.collect()
+    gc.disable()  # a full collection mid-step is a multi-ms stall that we would measure
+    try:
+        if spec.open_loop:
+            for k, due in schedule(spec, t0, window_start):
+                if k % workers != index:
+                    continue
+                delay = due - now()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if due >= window_start:
+                    live.measuring = True
+                    state["last"] = due
+                state["outstanding"] += 1
+                live.started += 1
+                target.start(due, due + timeout, done_open)
+            state["issuing"] = False
+            settle()
+        else:
+            clients, limit = spec.share(index, workers)
+            end = window_start + spec.duration_s if spec.duration_s is not None else math.inf
+            counts = {"measured": 0, "active": clients}
+
+            def issue() -> None:
+                start = now()
+                if start >= end or (limit is not None and counts["measured"] >= limit):
+                    counts["active"] -= 1
+                    if counts["active"] == 0:
+                        state["issuing"] = False
+                        settle()
+                    return
+                if start >= window_start:
+                    counts["measured"] += 1
+                    live.measuring = True
+                    state["last"] = start
+                state["outstanding"] += 1
+                live.started += 1
+                target.start(start, start + timeout, done_closed)
+
+            def done_closed(*outcome: Any) -> None:
+                done(*outcome)
+                issue()
+
+            if clients == 0:
+                state["issuing"] = False
+            await asyncio.sleep(max(0.0, t0 - now()))
+            for _ in range(clients):
+                issue()
+            settle()
+        await finished
+    finally:
+        gc.enable()
+        watchdog.cancel()
+    rec.conn_waits = target.waits - waits_before
+    part = rec.partial()
+    part["last_s"] = state["last"] - window_start
+    return part
+
+
+def summarise(spec: StepSpec, parts: list[dict[str, Any]], started_at: float) -> dict[str, Any]:
+    """One step's summary from the partials of every process that ran it."""
+    totals = StepTotals()
+    for part in parts:
+        totals.add(part)
+    last_s = max((p["last_s"] for p in parts), default=0.0)
+    window_s = spec.duration_s if spec.duration_s is not None else max(last_s, 1e-3)
     out: dict[str, Any] = {
         "mode": "open" if spec.open_loop else "closed",
         "offered_rate": spec.rate,
@@ -175,5 +235,12 @@ async def run_step(target: Target, spec: StepSpec, live: Live | None = None) -> 
         "warmup_s": spec.warmup_s,
         "started_at": round(started_at, 3),
     }
-    out.update(rec.summary(window_s=window_s, open_loop=spec.open_loop))
+    out.update(totals.summary(window_s=window_s, open_loop=spec.open_loop))
     return out
+
+
+async def run_step(target: Target, spec: StepSpec, live: Live | None = None) -> dict[str, Any]:
+    """Run one step in this process and return its summary (see recorder.StepTotals)."""
+    started_at = time.time()
+    part = await measure(target, spec, now() + 0.005, live=live)
+    return summarise(spec, [part], started_at)

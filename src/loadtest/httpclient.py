@@ -1,23 +1,30 @@
-"""A minimal HTTP/1.1 keep-alive client for load generation.
+"""A minimal, callback-driven HTTP/1.1 keep-alive client for load generation.
 
-General-purpose clients spend more CPU per request than the servers we measure (httpx
-especially), which makes the generator the bottleneck. This one writes pre-encoded request
-bytes on a pooled `asyncio.Protocol` connection and parses only what it needs: the status,
-`Content-Length` / chunked framing, `Connection: close`, `Server-Timing`. Bodies are skipped.
+General-purpose clients spend more CPU per request than the servers we measure, which makes
+the generator the bottleneck. Here a request is one `transport.write` of pre-encoded bytes
+on a pooled `asyncio.Protocol` connection, and the response is parsed in `data_received`
+with a few byte searches (status line, `Content-Length` / chunked framing,
+`Connection: close`, `Server-Timing`; bodies are skipped). Completion calls a plain callback:
+no task, future or timer per request. Deadlines are enforced by `expire()`, which the engine
+calls from one watchdog task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import socket
 from collections import deque
-from time import perf_counter as now  # uvloop's loop.time() ticks in whole ms
-from typing import cast
-
-from loadtest.recorder import Outcome
+from collections.abc import Callable
+from time import perf_counter as now  # one system-wide clock (CLOCK_MONOTONIC) for all workers
+from typing import Any, cast
 
 IDLE_REUSE_S = 4.0  # servers close idle keep-alive connections (uvicorn after 5 s)
+MAX_HEAD = 65536
+
+# done(due, sent, done, status, ok, error, server_timing)
+DoneFn = Callable[[float, float, float, Any, bool, "str | None", "bytes | None"], None]
 
 
 class ProtocolError(Exception):
@@ -28,19 +35,53 @@ class _Closed(Exception):
     """The connection closed before the whole response arrived."""
 
 
+def error_kind(exc: BaseException) -> str:
+    """A short, stable name for a transport failure (the key in `transport_errors`)."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connect_refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection_reset"
+    if isinstance(exc, _Closed):
+        return "connection_closed"
+    if isinstance(exc, ProtocolError):
+        return "protocol_error"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"os_{errno.errorcode.get(exc.errno, exc.errno)}".lower()
+    return type(exc).__name__
+
+
+def _header(head: bytes, low: bytes, name: bytes) -> bytes | None:
+    """The value of header `name` (b"\\r\\nname:", lower case), or None; repeats joined."""
+    i = low.find(name)
+    if i < 0:
+        return None
+    values = []
+    while i >= 0:
+        j = low.find(b"\r\n", i + len(name))
+        values.append(head[i + len(name) : j if j >= 0 else len(head)].strip())
+        i = low.find(name, j) if j >= 0 else -1
+    return values[0] if len(values) == 1 else b", ".join(values)
+
+
 class _Conn(asyncio.Protocol):
     """One keep-alive connection; one request in flight at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool: HttpPool) -> None:
+        self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
-        self.waiter: asyncio.Future[tuple[int, str | None]] | None = None
         self.closed = False
+        self.dropped = False  # counted out of the pool already
         self.keep_alive = True
         self.idle_since = 0.0
+        self.cb: DoneFn | None = None
+        self.due = self.sent = 0.0
+        self.deadline = math.inf
         self._head_end = -1
         self._status = 0
-        self._timing: str | None = None
+        self._timing: bytes | None = None
         self._length: int | None = None
         self._chunked = False
 
@@ -52,61 +93,57 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.waiter is not None and not self.waiter.done():
+        if self.cb is not None:
             if self._head_end >= 0 and self._length is None and not self._chunked:
                 self._finish(len(self.buf))  # body delimited by close
             else:
-                self.waiter.set_exception(exc if isinstance(exc, OSError) else _Closed())
+                self.fail(error_kind(exc if isinstance(exc, OSError) else _Closed()))
+
+    def begin(self, payload: bytes, due: float, deadline: float, cb: DoneFn) -> None:
+        assert self.transport is not None
+        self.cb, self.due, self.deadline = cb, due, deadline
+        self._head_end = -1
+        self.sent = now()
+        self.transport.write(payload)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        if self.waiter is not None and not self.waiter.done():
-            try:
-                self._parse()
-            except ProtocolError as exc:
-                self.waiter.set_exception(exc)
-
-    def send(self, payload: bytes) -> asyncio.Future[tuple[int, str | None]]:
-        assert self.transport is not None
-        self.waiter = asyncio.get_running_loop().create_future()
-        self._head_end = -1
-        self.transport.write(payload)
-        return self.waiter
+        if self.cb is None:
+            return
+        try:
+            self._parse()
+        except (ProtocolError, ValueError):
+            self.fail("protocol_error")
 
     def _parse(self) -> None:
+        buf = self.buf
         if self._head_end < 0:
-            end = self.buf.find(b"\r\n\r\n")
+            end = buf.find(b"\r\n\r\n")
             if end < 0:
+                if len(buf) > MAX_HEAD:
+                    raise ProtocolError("response head too large")
                 return
-            self._read_head(bytes(self.buf[:end]).decode("latin-1"))
+            self._read_head(bytes(buf[:end]))
             self._head_end = end + 4
         if self._chunked:
             end = self._chunked_end()
             if end >= 0:
                 self._finish(end)
-        elif self._length is not None and len(self.buf) >= self._head_end + self._length:
+        elif self._length is not None and len(buf) >= self._head_end + self._length:
             self._finish(self._head_end + self._length)
 
-    def _read_head(self, head: str) -> None:
-        lines = head.split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise ProtocolError(f"bad status line {lines[0][:60]!r}")
-        self._status = int(parts[1])
-        self._timing, self._length, self._chunked = None, None, False
-        self.keep_alive = parts[0] == "HTTP/1.1"
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            name = name.strip().lower()
-            if name == "content-length":
-                self._length = int(value)
-            elif name == "transfer-encoding":
-                self._chunked = "chunked" in value.lower()
-            elif name == "server-timing":
-                v = value.strip()
-                self._timing = v if self._timing is None else f"{self._timing}, {v}"
-            elif name == "connection":
-                self.keep_alive = "close" not in value.lower()
+    def _read_head(self, head: bytes) -> None:
+        if head[:7] != b"HTTP/1." or head[8:9] != b" " or not head[9:12].isdigit():
+            raise ProtocolError(f"bad status line {head[:60]!r}")
+        self._status = int(head[9:12])
+        low = head.lower()
+        length = _header(head, low, b"\r\ncontent-length:")
+        self._length = int(length) if length is not None else None
+        te = _header(head, low, b"\r\ntransfer-encoding:")
+        self._chunked = te is not None and b"chunked" in te.lower()
+        self._timing = _header(head, low, b"\r\nserver-timing:")
+        conn = _header(head, low, b"\r\nconnection:")
+        self.keep_alive = head[7:8] == b"1" and (conn is None or b"close" not in conn.lower())
         if self._status in (204, 304) or 100 <= self._status < 200:
             self._length = 0
 
@@ -131,33 +168,31 @@ class _Conn(asyncio.Protocol):
                 return -1
 
     def _finish(self, end: int) -> None:
-        del self.buf[:end]
-        assert self.waiter is not None
-        self.waiter.set_result((self._status, self._timing))
+        done = now()
+        if end >= len(self.buf):
+            self.buf.clear()
+        else:
+            del self.buf[:end]
+        cb, due, sent, status = self.cb, self.due, self.sent, self._status
+        assert cb is not None
+        self.cb = None
+        self.pool.release(self)  # may start the next waiting request on this connection
+        cb(due, sent, done, status, 200 <= status < 300, None, self._timing)
 
-
-def error_kind(exc: BaseException) -> str:
-    """A short, stable name for a transport failure (the key in `transport_errors`)."""
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connect_refused"
-    if isinstance(exc, ConnectionResetError):
-        return "connection_reset"
-    if isinstance(exc, _Closed):
-        return "connection_closed"
-    if isinstance(exc, ProtocolError):
-        return "protocol_error"
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return f"os_{errno.errorcode.get(exc.errno, exc.errno)}".lower()
-    return type(exc).__name__
+    def fail(self, kind: str) -> None:
+        """End the request in flight with a transport error and drop the connection."""
+        cb, due, sent = self.cb, self.due, self.sent
+        self.cb = None
+        self.pool.discard(self)
+        if cb is not None:
+            cb(due, sent, now(), None, False, kind, None)
 
 
 class HttpPool:
     """Keep-alive connections to one host:port, at most `max_connections` at a time.
 
-    A request that finds every connection busy waits for one; it is counted in
-    `waits` because in open loop that waiting is part of its (due-based) latency.
+    A request that finds every connection busy waits in a FIFO; it is counted in `waits`
+    because in open loop that waiting is part of its (due-based) latency.
     """
 
     def __init__(self, host: str, port: int, *, max_connections: int, connect_timeout: float):
@@ -165,14 +200,16 @@ class HttpPool:
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self._idle: list[_Conn] = []
-        self._waiters: deque[asyncio.Future[_Conn | None]] = deque()
+        self._busy: set[_Conn] = set()
+        self._pending: deque[tuple[bytes, float, float, float, DoneFn]] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._open = 0
         self.waits = 0
 
     async def _connect(self) -> _Conn:
         async with asyncio.timeout(self.connect_timeout):
             loop = asyncio.get_running_loop()
-            _, conn = await loop.create_connection(_Conn, self.host, self.port)
+            _, conn = await loop.create_connection(lambda: _Conn(self), self.host, self.port)
         return conn
 
     async def check(self) -> None:
@@ -181,92 +218,86 @@ class HttpPool:
         assert conn.transport is not None
         conn.transport.close()
 
-    async def _acquire(self) -> _Conn:
-        loop = asyncio.get_running_loop()
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.closed and now() - conn.idle_since < IDLE_REUSE_S:
-                return conn
-            self._discard(conn, reopen=False)
-        if self._open >= self.max_connections:
-            self.waits += 1
-            fut: asyncio.Future[_Conn | None] = loop.create_future()
-            self._waiters.append(fut)
-            try:
-                got = await fut
-            except asyncio.CancelledError:
-                # Cancelled (timeout) just after being handed a connection: pass it on.
-                if fut.done() and not fut.cancelled():
-                    handed = fut.result()
-                    if handed is None:
-                        self._wake_one()
-                    else:
-                        self._release(handed)
-                raise
-            if got is not None:
-                return got
-        self._open += 1
-        try:
-            return await self._connect()
-        except BaseException:
-            self._open -= 1
-            self._wake_one()
-            raise
-
-    def _wake_one(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)  # "open a connection yourself"
-                return
-
-    def _discard(self, conn: _Conn, *, reopen: bool = True) -> None:
-        if conn.transport is not None:
-            conn.transport.close()
-        self._open -= 1
-        if reopen:
-            self._wake_one()
-
-    def _release(self, conn: _Conn) -> None:
-        if conn.closed or not conn.keep_alive:
-            self._discard(conn)
+    def request(self, payload: bytes, due: float, deadline: float, cb: DoneFn) -> None:
+        """Send `payload` now, or as soon as a connection is free; `cb` gets the outcome."""
+        t = now()
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if conn.closed or t - conn.idle_since > IDLE_REUSE_S:
+                self.discard(conn, reopen=False)
+                continue
+            self._busy.add(conn)
+            conn.begin(payload, due, deadline, cb)
             return
-        conn.idle_since = asyncio.get_running_loop().time()
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(conn)
-                return
+        self._pending.append((payload, due, deadline, t, cb))
+        if self._open < self.max_connections:
+            self._open_one()
+        else:
+            self.waits += 1
+
+    def _open_one(self) -> None:
+        self._open += 1
+        task = asyncio.ensure_future(self._connect_one())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect_one(self) -> None:
+        try:
+            conn = await self._connect()
+        except (OSError, TimeoutError) as exc:
+            self._open -= 1
+            if self._pending:  # the request that asked for this connection fails
+                _, due, _, queued, cb = self._pending.popleft()
+                cb(due, queued, now(), None, False, error_kind(exc), None)
+            return
+        self.release(conn)
+
+    def release(self, conn: _Conn) -> None:
+        """A connection became free: give it to the oldest waiting request, or park it."""
+        if conn.closed or not conn.keep_alive:
+            self.discard(conn)
+            return
+        t = now()
+        pending = self._pending
+        while pending:
+            payload, due, deadline, queued, cb = pending.popleft()
+            if deadline <= t:
+                cb(due, queued, t, None, False, "timeout", None)
+                continue
+            self._busy.add(conn)
+            conn.begin(payload, due, deadline, cb)
+            return
+        self._busy.discard(conn)
+        conn.idle_since = t
         self._idle.append(conn)
 
-    async def request(self, payload: bytes, deadline: float) -> Outcome:
-        """Send one pre-encoded request; never raises for network trouble (see Outcome)."""
-        conn: _Conn | None = None
-        sent = now()
-        try:
-            async with asyncio.timeout(max(0.0, deadline - now())):
-                conn = await self._acquire()
-                sent = now()
-                status, timing = await conn.send(payload)
-        except (OSError, TimeoutError, _Closed, ProtocolError) as exc:
-            if conn is not None:
-                self._discard(conn)
-            return Outcome(sent=sent, done=now(), error=error_kind(exc))
-        except BaseException:
-            if conn is not None:
-                self._discard(conn)
-            raise
-        done = now()
-        self._release(conn)
-        return Outcome(
-            sent=sent, done=done, status=str(status), ok=200 <= status < 300, server_timing=timing
-        )
+    def discard(self, conn: _Conn, *, reopen: bool = True) -> None:
+        self._busy.discard(conn)
+        if conn.dropped:
+            return
+        conn.dropped = True
+        if conn.transport is not None:
+            conn.transport.close()
+        conn.closed = True
+        self._open -= 1
+        if reopen and self._pending and self._open < self.max_connections:
+            self._open_one()
+
+    def expire(self, t: float) -> None:
+        """Fail every request whose deadline has passed (in flight or still waiting)."""
+        for conn in [c for c in self._busy if c.deadline <= t and c.cb is not None]:
+            conn.fail("timeout")
+        pending = self._pending
+        while pending and pending[0][2] <= t:
+            _, due, _, queued, cb = pending.popleft()
+            cb(due, queued, t, None, False, "timeout", None)
 
     def close(self) -> None:
-        for conn in self._idle:
+        for conn in [*self._idle, *self._busy]:
             if conn.transport is not None:
                 conn.transport.close()
         self._idle.clear()
-        for fut in self._waiters:
-            if not fut.done():
-                fut.cancel()
+        self._busy.clear()
+        for task in self._tasks:
+            task.cancel()

@@ -4,14 +4,17 @@ Latency is `done - due`: in open loop `due` is the request's *scheduled* send ti
 stalled server (or a stalled generator) cannot hide time by delaying later sends
 (coordinated omission); in closed loop `due` is when the client started the request.
 Requests due during the warm-up are dropped; the measured window starts right after it.
+
+Each process (the CLI itself, or each `--workers` process) fills a `StepRecorder`, whose hot
+path only appends floats and bumps counters, then turns it into a picklable *partial*
+(encoded HdrHistograms, counters, per-second histograms). `StepTotals` adds partials up and
+writes the step's summary. Times are `perf_counter()` seconds, one clock for every process
+on the machine (CLOCK_MONOTONIC), so partials from several processes line up by second.
 """
 
 from __future__ import annotations
 
-import math
 from array import array
-from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,114 +28,142 @@ LATE_THRESHOLD_MS = 2.0
 LATE_FRACTION_WARN = 0.01  # warn when more than 1% of sends were late (i.e. p99 lag > threshold)
 LATE_P99_WARN_MS = LATE_THRESHOLD_MS
 
-
-@dataclass(slots=True)
-class Outcome:
-    """What happened to one request. `status` is the HTTP status (or gRPC code name)."""
-
-    sent: float  # loop time the request bytes were handed to the transport
-    done: float  # loop time the response (or the error) arrived
-    status: str | None = None
-    ok: bool = False
-    error: str | None = None  # transport error kind when there is no status
-    server_timing: str | None = None
+Status = int | str  # HTTP status code, or a gRPC code name
 
 
 class StepRecorder:
-    """Everything measured in one step (one rate or one concurrency level)."""
+    """Everything one process measured in one step (one rate or one concurrency level)."""
 
-    def __init__(self, window_start: float) -> None:
+    def __init__(self, window_start: float, *, open_loop: bool) -> None:
         self.window_start = window_start
-        self.latency = LatencyHistogram()
-        self.stages: dict[str, LatencyHistogram] = {}
-        self.status_counts: Counter[str] = Counter()
-        self.transport_errors: Counter[str] = Counter()
-        self.send_lag = LatencyHistogram()
-        self.late = 0
+        self.open_loop = open_loop
+        self.status_counts: dict[Status, int] = {}
+        self.transport_errors: dict[str, int] = {}
+        self.timings: dict[bytes | str, int] = {}
         self.conn_waits = 0
         self.sent = 0
         self.last_done = window_start
-        # Per request (measured only): due offset, latency, done offset -> time series.
+        # Per measured request: due offset, latency, done offset (ok ones), send lag (all).
         self._due = array("d")
         self._lat = array("d")
         self._done = array("d")
         self._lag = array("d")
-        self._timings: list[str] = []
-        self._filled = False
 
-    def record(self, due: float, out: Outcome, *, open_loop: bool) -> None:
+    def record(self, due: float, sent: float, done: float, status: Status | None, ok: bool,
+               error: str | None, timing: bytes | str | None) -> None:  # fmt: skip
         """Record one finished request; ignored if it was due during the warm-up."""
         if due < self.window_start:
             return
         self.sent += 1
-        if open_loop:
-            self._lag.append(max(0.0, out.sent - due))
-        self.last_done = max(self.last_done, out.done)
-        if out.status is not None:
-            self.status_counts[out.status] += 1
-        if out.error is not None:
-            self.transport_errors[out.error] += 1
-        if not out.ok:
+        if self.open_loop:
+            self._lag.append(sent - due if sent > due else 0.0)
+        if done > self.last_done:
+            self.last_done = done
+        if status is not None:
+            self.status_counts[status] = self.status_counts.get(status, 0) + 1
+        if error is not None:
+            self.transport_errors[error] = self.transport_errors.get(error, 0) + 1
+        if not ok:
             return
-        # Histograms are filled in `_fill()` after the step: the hot path only appends.
         self._due.append(due - self.window_start)
-        self._lat.append(out.done - due)
-        self._done.append(out.done - self.window_start)
-        if out.server_timing:
-            self._timings.append(out.server_timing)
-
-    def _fill(self) -> None:
-        """Move the raw samples into the HdrHistograms (once, after the step)."""
-        if self._filled:
-            return
-        self._filled = True
-        for v in self._lat:
-            self.latency.record(v)
-        for v in self._lag:
-            self.send_lag.record(v)
-        self.late = sum(1 for v in self._lag if v * 1000.0 > LATE_THRESHOLD_MS)
-        parsed: dict[str, dict[str, float]] = {}
-        for header in self._timings:
-            stages = parsed.get(header)
-            if stages is None:
-                stages = parsed[header] = parse_server_timing(header)
-            for name, ms in stages.items():
-                hist = self.stages.get(name)
-                if hist is None:
-                    hist = self.stages[name] = LatencyHistogram()
-                hist.record_ms(ms)
+        self._lat.append(done - due)
+        self._done.append(done - self.window_start)
+        if timing is not None:
+            self.timings[timing] = self.timings.get(timing, 0) + 1
 
     @property
     def ok(self) -> int:
         return len(self._lat)
 
+    def partial(self) -> dict[str, Any]:
+        """Everything measured, as picklable data for `StepTotals.add` (histograms encoded)."""
+        lat = np.frombuffer(self._lat, dtype=np.float64)
+        lag = np.frombuffer(self._lag, dtype=np.float64)
+        latency, send_lag = LatencyHistogram(), LatencyHistogram()
+        latency.record_many(lat)
+        send_lag.record_many(lag)
+        values: dict[str, list[float]] = {}
+        for header, n in self.timings.items():
+            text = header.decode("latin-1") if isinstance(header, bytes) else header
+            for name, ms in parse_server_timing(text).items():
+                values.setdefault(name, []).extend([ms / 1000.0] * n)
+        stages = {name: LatencyHistogram() for name in values}
+        for name, vals in values.items():
+            stages[name].record_many(np.array(vals, dtype=np.float64))
+        by_due: dict[int, dict[str, Any]] = {}
+        completed: dict[int, int] = {}
+        if lat.size:
+            due_sec = np.frombuffer(self._due, dtype=np.float64).astype(np.int64)
+            done_sec = np.frombuffer(self._done, dtype=np.float64).astype(np.int64)
+            for s in np.unique(due_sec):
+                h = LatencyHistogram()
+                h.record_many(lat[due_sec == s])
+                by_due[int(s)] = h.to_wire()
+            secs, counts = np.unique(done_sec, return_counts=True)
+            completed = {int(s): int(c) for s, c in zip(secs, counts, strict=True)}
+        return {
+            "sent": self.sent,
+            "ok": self.ok,
+            "late": int(np.count_nonzero(lag * 1000.0 > LATE_THRESHOLD_MS)),
+            "conn_waits": self.conn_waits,
+            "last_done_s": self.last_done - self.window_start,
+            "status_counts": {str(k): v for k, v in self.status_counts.items()},
+            "transport_errors": dict(self.transport_errors),
+            "latency": latency.to_wire(),
+            "send_lag": send_lag.to_wire(),
+            "stages": {name: h.to_wire() for name, h in stages.items()},
+            "by_due": by_due,
+            "completed": completed,
+        }
+
+
+class StepTotals:
+    """The sum of one step's partials (one per process), and its summary."""
+
+    def __init__(self) -> None:
+        self.sent = self.ok = self.late = self.conn_waits = 0
+        self.last_done_s = 0.0
+        self.status_counts: dict[str, int] = {}
+        self.transport_errors: dict[str, int] = {}
+        self.latency = LatencyHistogram()
+        self.send_lag = LatencyHistogram()
+        self.stages: dict[str, LatencyHistogram] = {}
+        self.by_due: dict[int, LatencyHistogram] = {}
+        self.completed: dict[int, int] = {}
+
+    def add(self, part: dict[str, Any]) -> None:
+        for key in ("sent", "ok", "late", "conn_waits"):
+            setattr(self, key, getattr(self, key) + part[key])
+        self.last_done_s = max(self.last_done_s, part["last_done_s"])
+        for mine, theirs in ((self.status_counts, part["status_counts"]),
+                             (self.transport_errors, part["transport_errors"]),
+                             (self.completed, part["completed"])):  # fmt: skip
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0) + v
+        self.latency.merge_wire(part["latency"])
+        self.send_lag.merge_wire(part["send_lag"])
+        for name, wire in part["stages"].items():
+            self.stages.setdefault(name, LatencyHistogram()).merge_wire(wire)
+        for sec, wire in part["by_due"].items():
+            self.by_due.setdefault(sec, LatencyHistogram()).merge_wire(wire)
+
     def timeseries(self) -> list[dict[str, Any]]:
         """Per second of the window: p50/p99 by due time, completions by done time."""
-        if not self._lat:
+        if not self.ok:
             return []
-        due = np.frombuffer(self._due, dtype=np.float64)
-        lat = np.frombuffer(self._lat, dtype=np.float64) * 1000.0
-        done = np.frombuffer(self._done, dtype=np.float64)
-        n_sec = math.floor(max(due.max(), done.max())) + 1
-        due_sec = np.clip(due.astype(np.int64), 0, n_sec - 1)
-        done_counts = np.bincount(np.clip(done.astype(np.int64), 0, n_sec - 1), minlength=n_sec)
+        n_sec = max(max(self.by_due), max(self.completed)) + 1
         rows: list[dict[str, Any]] = []
         for s in range(n_sec):
-            sel = lat[due_sec == s]
-            rows.append(
-                {
-                    "t_s": s,
-                    "completed": int(done_counts[s]),
-                    "p50_ms": round(float(np.percentile(sel, 50)), 3) if sel.size else None,
-                    "p99_ms": round(float(np.percentile(sel, 99)), 3) if sel.size else None,
-                }
-            )
+            h = self.by_due.get(s)
+            pct = h.percentiles_ms((50.0, 99.0)) if h is not None else None
+            rows.append({"t_s": s, "completed": self.completed.get(s, 0),
+                         "p50_ms": round(pct[50.0], 3) if pct else None,
+                         "p99_ms": round(pct[99.0], 3) if pct else None})  # fmt: skip
         return rows
 
     def summary(self, *, window_s: float, open_loop: bool) -> dict[str, Any]:
         """The step's numbers as plain JSON-able data (see report.STEP_KEYS)."""
-        self._fill()
-        elapsed = max(window_s, self.last_done - self.window_start, 1e-9)
+        elapsed = max(window_s, self.last_done_s, 1e-9)
         errors = self.sent - self.ok
         schedule: dict[str, Any] | None = None
         warnings: list[str] = []

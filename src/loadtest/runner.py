@@ -1,5 +1,6 @@
-"""Glue for one `loadtest run`: build the target, run the steps with a progress bar, bound
-everything by a global hard timeout, and collect the result document."""
+"""Glue for one `loadtest run`: build the target recipe, start the runner (this process or
+`--workers N` processes), run the steps with a progress bar, bound everything by a global
+hard timeout, and collect the result document."""
 
 from __future__ import annotations
 
@@ -14,22 +15,24 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from loadtest import payloads
-from loadtest.engine import Live, StepSpec, run_step
+from loadtest.engine import StepSpec
 from loadtest.errors import LoadTestError
 from loadtest.report import new_result
 from loadtest.search import find_max_rate, parse_ramp, parse_rates
-from loadtest.targets import GrpcTarget, HttpTarget, Target, parse_url
+from loadtest.targets import GrpcRecipe, HttpRecipe, Recipe, parse_url
+from loadtest.workers import LocalRunner, WorkerPool, run_loop
 
 T = TypeVar("T")
+Runner = LocalRunner | WorkerPool
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop when available (less CPU per request), else asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+    return run_loop(coro)
+
+
+def make_runner(recipe: Recipe, workers: int) -> Runner:
+    return LocalRunner(recipe) if workers <= 1 else WorkerPool(recipe, workers)
 
 
 def images_from_args(args: argparse.Namespace) -> list[payloads.Image]:
@@ -40,7 +43,8 @@ def images_from_args(args: argparse.Namespace) -> list[payloads.Image]:
     return payloads.generate_images(sizes, formats, count=args.gen_count)
 
 
-def build_target(args: argparse.Namespace, max_connections: int) -> Target:
+def build_recipe(args: argparse.Namespace, max_connections: int) -> Recipe:
+    """Everything a target needs, prepared once (payloads encoded) and picklable."""
     images = images_from_args(args)
     if args.grpc:
         from model_builder.manifest import INPUT_PIXELS, SIGNATURE_PIXELS
@@ -49,17 +53,13 @@ def build_target(args: argparse.Namespace, max_connections: int) -> Target:
         batches = payloads.pixel_batches(
             images, per_request=args.images_per_request, height=h, width=w
         )
-        return GrpcTarget(
-            args.grpc, args.model, batches, signature=SIGNATURE_PIXELS, input_name=INPUT_PIXELS
-        )
+        return GrpcRecipe(args.grpc, args.model, batches, SIGNATURE_PIXELS, INPUT_PIXELS)
     host, port, path = parse_url(args.url)
     if args.top_k is not None:
         path += ("&" if "?" in path else "?") + f"top_k={args.top_k}"
     reqs = payloads.build_http_requests(images, host=f"{host}:{port}", path=path,
                                         per_request=args.images_per_request, encoding=args.body)  # fmt: skip
-    return HttpTarget(
-        args.url, reqs, max_connections=max_connections, connect_timeout=args.connect_timeout
-    )
+    return HttpRecipe(args.url, reqs, max_connections, args.connect_timeout)
 
 
 def base_spec(args: argparse.Namespace) -> StepSpec:
@@ -72,11 +72,10 @@ def base_spec(args: argparse.Namespace) -> StepSpec:
 
 
 async def _with_progress(
-    target: Target, spec: StepSpec, console: Console, quiet: bool
+    runner: Runner, spec: StepSpec, console: Console, quiet: bool
 ) -> dict[str, Any]:
-    live = Live()
     if quiet:
-        return await run_step(target, spec, live)
+        return await runner.step(spec)
     label = f"{spec.rate:g} req/s" if spec.rate else f"{spec.concurrency} clients"
     total = spec.warmup_s + (spec.duration_s or 0.0)
     cols = [
@@ -87,11 +86,12 @@ async def _with_progress(
     ]
     with Progress(*cols, console=console, transient=True) as progress:
         task = progress.add_task("starting", total=total or None)
-        step = asyncio.ensure_future(run_step(target, spec, live))
+        step = asyncio.ensure_future(runner.step(spec))
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         while not step.done():
             await asyncio.wait({step}, timeout=0.25)
+            live = runner.live  # a new Live per step; workers' counters summed by the pool
             phase = "measuring" if live.measuring else "warm-up"
             progress.update(task, completed=min(total, loop.time() - t0) if total else None,
                             description=f"{phase}  sent {live.started}  done {live.done}  ok {live.ok}")  # fmt: skip
@@ -121,12 +121,17 @@ async def execute(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         or args.max_connections
         or max(64, min(20_000, int(peak * args.timeout) + 1))
     )
-    target = build_target(args, max_conn)
-    await target.check()
-    result = new_result(target.describe(), {k: v for k, v in vars(args).items() if k != "func"})
+    workers = min(args.workers, args.concurrency or args.workers)  # at least one client each
+    runner = make_runner(build_recipe(args, max_conn), workers)
+    try:
+        await runner.start()
+    except BaseException:
+        await runner.close()
+        raise
+    result = new_result(runner.describe(), {k: v for k, v in vars(args).items() if k != "func"})
 
     async def one(s: StepSpec) -> dict[str, Any]:
-        step = await _with_progress(target, s, console, args.quiet)
+        step = await _with_progress(runner, s, console, args.quiet)
         result["steps"].append(step)
         return step
 
@@ -150,7 +155,7 @@ async def execute(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     except TimeoutError:
         result["warnings"].append(f"hard timeout of {hard:g} s reached; results are partial")
     finally:
-        await target.close()
+        await runner.close()
     return result
 
 

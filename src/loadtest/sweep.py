@@ -233,7 +233,7 @@ def register_sweep(
         "--ready-timeout", type=float, default=120.0, help="seconds to wait for /readyz per point"
     )
     add_load_options(p)
-    p.set_defaults(func=cmd_sweep)
+    p.set_defaults(func=cmd_sweep, needs_tensorflow=False)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -241,7 +241,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from loadtest.cli import normalise
     from loadtest.engine import StepSpec
-    from loadtest.runner import _with_progress, build_target, run_async
+    from loadtest.runner import _with_progress, build_recipe, make_runner, run_async
 
     args = normalise(args)
     if args.rate <= 0 or args.p99_target_ms <= 0:
@@ -254,13 +254,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                     requests=args.requests if not args.duration_given else None, timeout_s=args.timeout, seed=args.seed)  # fmt: skip
 
     async def measure() -> dict[str, Any]:
-        target = build_target(
+        recipe = build_recipe(
             args, args.max_connections or max(64, int(args.rate * args.timeout) + 1)
         )
+        runner = make_runner(recipe, args.workers)
         try:
-            return await _with_progress(target, dataclasses.replace(spec), console, args.quiet)
+            await runner.start()
+            return await _with_progress(runner, dataclasses.replace(spec), console, args.quiet)
         finally:
-            await target.close()
+            await runner.close()
 
     doc = run_async(sweep(args, measure))
     for pt in doc["points"]:

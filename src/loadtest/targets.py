@@ -1,16 +1,21 @@
 """What a request is sent to: the gateway's HTTP API, or TF Serving's gRPC Predict directly.
 
-Both expose `check()` (reachability, raising LoadTestError), `send(deadline)` returning an
-Outcome, and `close()`. Payloads are prepared up front and cycled.
+Both expose `check()` (reachability, raising LoadTestError), `start(due, deadline, done)`
+which sends one request and calls `done(due, sent, done, status, ok, error, server_timing)`
+when it ends, `expire(now)` (fail what is past its deadline), and `close()`. Payloads are
+prepared up front and cycled. A *recipe* (`HttpRecipe`, `GrpcRecipe`) is the picklable
+description a `--workers` process builds its own target from.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import itertools
 import os
 import sys
 import types
+from dataclasses import dataclass
 from time import perf_counter as now  # uvloop's loop.time() ticks in whole ms
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -18,15 +23,18 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from loadtest.errors import LoadTestError
-from loadtest.httpclient import HttpPool
-from loadtest.recorder import Outcome
+from loadtest.httpclient import DoneFn, HttpPool, error_kind
 
 DEFAULT_PATH = "/v1/classify"
 
 
 class Target(Protocol):
+    @property
+    def waits(self) -> int: ...
+
     async def check(self) -> None: ...
-    async def send(self, deadline: float) -> Outcome: ...
+    def start(self, due: float, deadline: float, done: DoneFn) -> None: ...
+    def expire(self, t: float) -> None: ...
     async def close(self) -> None: ...
     def describe(self) -> dict[str, Any]: ...
 
@@ -60,7 +68,7 @@ class HttpTarget:
         self.pool = HttpPool(
             self.host, self.port, max_connections=max_connections, connect_timeout=connect_timeout
         )
-        self._i = 0
+        self._next = itertools.cycle(requests).__next__
 
     async def check(self) -> None:
         try:
@@ -75,10 +83,11 @@ class HttpTarget:
                 f"cannot connect to {self.host}:{self.port} ({why}). Received: {self.url!r}"
             ) from exc
 
-    async def send(self, deadline: float) -> Outcome:
-        payload = self.requests[self._i % len(self.requests)]
-        self._i += 1
-        return await self.pool.request(payload, deadline)
+    def start(self, due: float, deadline: float, done: DoneFn) -> None:
+        self.pool.request(self._next(), due, deadline, done)
+
+    def expire(self, t: float) -> None:
+        self.pool.expire(t)
 
     async def close(self) -> None:
         self.pool.close()
@@ -160,7 +169,8 @@ class GrpcTarget:
                 tensor.tensor_shape.dim.add().size = int(d)
             tensor.tensor_content = np.ascontiguousarray(batch, dtype=np.uint8).tobytes()
             self.messages.append(req)
-        self._i = 0
+        self._next = itertools.cycle(self.messages).__next__
+        self._calls: set[Any] = set()
 
     async def check(self) -> None:
         try:
@@ -170,23 +180,44 @@ class GrpcTarget:
                 f"cannot connect to gRPC endpoint {self.address} within 5 s. Received: --grpc {self.address}"
             ) from exc
 
-    async def send(self, deadline: float) -> Outcome:
-        msg = self.messages[self._i % len(self.messages)]
-        self._i += 1
+    def start(self, due: float, deadline: float, done: DoneFn) -> None:
         sent = now()
-        try:
-            await self.stub.Predict(msg, timeout=max(0.001, deadline - sent))
-        except self.grpc.aio.AioRpcError as exc:
-            code = exc.code().name
-            return Outcome(
-                sent=sent,
-                done=now(),
-                status=code,
-                error="timeout" if code == "DEADLINE_EXCEEDED" else None,
-            )
-        return Outcome(sent=sent, done=now(), status="OK", ok=True)
+        call = asyncio.ensure_future(
+            self.stub.Predict(self._next(), timeout=max(0.001, deadline - sent))
+        )
+        self._calls.add(call)
+
+        def finished(call: asyncio.Future[Any]) -> None:
+            self._calls.discard(call)
+            t = now()
+            if call.cancelled():
+                done(due, sent, t, None, False, "cancelled", None)
+                return
+            exc = call.exception()
+            if exc is None:
+                done(due, sent, t, "OK", True, None, None)
+            elif isinstance(exc, self.grpc.aio.AioRpcError):
+                code = exc.code().name
+                done(
+                    due,
+                    sent,
+                    t,
+                    code,
+                    False,
+                    "timeout" if code == "DEADLINE_EXCEEDED" else None,
+                    None,
+                )
+            else:
+                done(due, sent, t, None, False, error_kind(exc), None)
+
+        call.add_done_callback(finished)
+
+    def expire(self, t: float) -> None:
+        """gRPC enforces each call's own deadline."""
 
     async def close(self) -> None:
+        for call in list(self._calls):
+            call.cancel()
         await self.channel.close()
 
     @property
@@ -197,3 +228,37 @@ class GrpcTarget:
         shape = next(iter(self.messages[0].inputs.values())).tensor_shape
         return {"kind": "grpc", "address": self.address, "model": self.model, "signature": self.signature,
                 "input_shape": [d.size for d in shape.dim]}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class HttpRecipe:
+    """What a worker process needs to build its own HttpTarget (pre-encoded requests)."""
+
+    url: str
+    requests: list[bytes]
+    max_connections: int
+    connect_timeout: float
+
+    def build(self, share: int = 1) -> HttpTarget:
+        """The target, with `1/share` of the connection cap (one of `share` workers)."""
+        cap = max(1, -(-self.max_connections // share))
+        return HttpTarget(self.url, self.requests, max_connections=cap,
+                          connect_timeout=self.connect_timeout)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GrpcRecipe:
+    """What a worker process needs to build its own GrpcTarget (uint8 NHWC batches)."""
+
+    address: str
+    model: str
+    batches: list[np.ndarray]
+    signature: str
+    input_name: str
+
+    def build(self, share: int = 1) -> GrpcTarget:
+        return GrpcTarget(self.address, self.model, self.batches, signature=self.signature,
+                          input_name=self.input_name)  # fmt: skip
+
+
+Recipe = HttpRecipe | GrpcRecipe

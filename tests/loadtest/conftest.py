@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +28,39 @@ def http_target(port: int, max_connections: int = 1000) -> HttpTarget:
 def make_target() -> Callable[..., HttpTarget]:
     """`make_target(port)` -> an HttpTarget posting a tiny JPEG to /v1/classify."""
     return http_target
+
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+ENV = {**os.environ, "PYTHONPATH": SRC}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """A look-alike gateway (echo_server) in its own process, for CLI runs."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "loadtest.echo_server", "--port", str(port)], env=ENV,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert "listening" in proc.stdout.readline()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def run_cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "resnet_serving", "loadtest", *args],
+                          capture_output=True, text=True, timeout=timeout, env=ENV)  # fmt: skip
+
+
+@pytest.fixture
+def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`cli("run", URL, ...)`: `resnet-serving loadtest ...` in a subprocess, output captured."""
+    return run_cli

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,20 +28,6 @@ def free_port() -> int:
 def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "resnet_serving", "loadtest", *args],
                           capture_output=True, text=True, timeout=timeout, env=ENV)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "loadtest.echo_server", "--port", str(port)], env=ENV,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        assert "listening" in proc.stdout.readline()
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -103,14 +88,15 @@ def test_compare_gives_ratios(two_results: tuple[Path, Path]) -> None:
 def test_sweep_launches_gateway_per_setting_and_writes_env(tmp_path: Path) -> None:
     port = free_port()
     cmd = f"{sys.executable} -m loadtest.echo_server --from-env"
-    proc = cli("sweep", f"http://127.0.0.1:{port}", "--rate", "50", "--p99-target-ms", "30",
-               "--max-batch", "8,16", "--max-wait-ms", "60,5", "--cmd", cmd, "--duration", "1",
+    # Wide margins: on the shared 2-core machine a generator stall of tens of ms is common.
+    proc = cli("sweep", f"http://127.0.0.1:{port}", "--rate", "50", "--p99-target-ms", "90",
+               "--max-batch", "8,16", "--max-wait-ms", "150,5", "--cmd", cmd, "--duration", "1",
                "--warmup", "0.2", "--ready-timeout", "20", "--gen-size", "32x32", "--out", str(tmp_path),
                "--quiet", timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "sweep.json").read_text())
     assert len(doc["points"]) == 4
-    # The stand-in answers after max_wait_ms: only the 5 ms settings can meet a 30 ms p99.
+    # The stand-in answers after max_wait_ms: only the 5 ms settings can meet a 90 ms p99.
     assert doc["best"]["gateway"]["max_wait_ms"] == 5
     env = (tmp_path / "gateway.env").read_text()
     assert "RESNET_SERVING_MAX_WAIT_MS=5\n" in env and "RESNET_SERVING_MAX_BATCH_SIZE=" in env
@@ -141,3 +127,18 @@ def test_user_errors_are_one_line(args: list[str], needle: str) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
     assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["loadtest", "run", "http://127.0.0.1:1", "--rate", "1"],
+        ["loadtest", "run", "--grpc", "127.0.0.1:1", "--concurrency", "1"],
+        ["loadtest", "compare", "a.json", "b.json"],
+        ["loadtest", "sweep", "http://127.0.0.1:1", "--rate", "1", "--p99-target-ms", "5"],
+    ],
+)
+def test_loadtest_commands_skip_the_tensorflow_import(argv: list[str]) -> None:
+    from resnet_serving.cli import build_parser
+
+    assert build_parser().parse_args(argv).needs_tensorflow is False

@@ -54,3 +54,31 @@ def test_values_beyond_range_are_clamped_not_lost() -> None:
     h.record(10_000.0)  # longer than an hour
     assert h.count == 2
     assert h.percentiles_ms()[99.0] >= 3_600_000 * (1 - REL)
+
+
+def test_bulk_recording_matches_hdrh_own_walk() -> None:
+    """record_many + numpy percentiles give exactly what hdrh's record_value + walk give."""
+    from hdrh.histogram import HdrHistogram
+
+    data_s = np.random.default_rng(3).lognormal(-6.0, 1.5, 5_000)
+    ours = LatencyHistogram()
+    ours.record_many(data_s)
+    ref = HdrHistogram(1, 3_600_000_000, 3)
+    for v in data_s:
+        ref.record_value(max(1, round(float(v) * 1e6)))
+    want = ref.get_percentile_to_value_dict(list(PERCENTILES))
+    got = ours.percentiles_ms()
+    for p in PERCENTILES:
+        assert got[p] == pytest.approx(want[p] / 1000.0, abs=1e-9), p
+
+
+def test_wire_merge_equals_one_histogram() -> None:
+    data = np.random.default_rng(4).uniform(0.0005, 0.2, 3_000)
+    whole, merged = LatencyHistogram(), LatencyHistogram()
+    whole.record_many(data)
+    for part in np.array_split(data, 3):
+        h = LatencyHistogram()
+        h.record_many(part)
+        merged.merge_wire(h.to_wire())
+    merged.merge_wire(LatencyHistogram().to_wire())  # an idle worker adds nothing
+    assert merged.summary() == whole.summary()
