@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from resnet_serving import __version__
 from resnet_serving.errors import ResnetServingError
+from resnet_serving.tf_env import import_tensorflow_quietly
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the chosen subcommand, turn user errors into one line."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "needs_tensorflow", True):
+        import_tensorflow_quietly()
     try:
         return int(args.func(args) or 0)
     except ResnetServingError as exc:

@@ -10,6 +10,9 @@
      |    +-- TooManyImages       too_many_images
      |    +-- BadBase64           bad_base64
      +-- Unauthorized (401)       unauthorized
+     +-- NotFound (404)           not_found
+     |    +-- ModelNotFound       model_not_found
+     +-- MethodNotAllowed (405)   method_not_allowed
      +-- PayloadTooLarge (413)
      |    +-- UploadTooLarge      upload_too_large     (bytes, checked while streaming)
      |    +-- ImageTooLarge       image_too_large      (pixels, checked before decoding)
@@ -88,6 +91,18 @@ class BadBase64(BadRequest):
 
 class Unauthorized(GatewayError):
     status, code = 401, "unauthorized"
+
+
+class NotFound(GatewayError):
+    status, code = 404, "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status, code = 405, "method_not_allowed"
 
 
 class PayloadTooLarge(GatewayError):

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One-shot model export for docker compose / the Kubernetes Job. Idempotent: exits 0 at once
+# when <MODEL_BASE>/<MODEL_NAME>/<MODEL_VERSION>/saved_model.pb already exists.
+#
+#   MODEL_NAME=demo      -> `resnet-serving demo` (trains on the built-in offline data)
+#   MODEL_NAME=<other>   -> `resnet-serving build` (MODEL_ARCH, MODEL_WEIGHTS) + `export`
+#                           (MODEL_VERSION, MODEL_PRECISION)
+set -euo pipefail
+: "${MODEL_BASE:=/models}" "${MODEL_NAME:=demo}" "${MODEL_VERSION:=1}"
+: "${MODEL_ARCH:=resnet50}" "${MODEL_WEIGHTS:=imagenet}" "${MODEL_PRECISION:=float32}"
+
+target="${MODEL_BASE}/${MODEL_NAME}/${MODEL_VERSION}"
+if [[ -f "${target}/saved_model.pb" && -f "${MODEL_BASE}/models.config" ]]; then
+  echo "build-models: ${target} exists; nothing to do"
+  exit 0
+fi
+
+if [[ "${MODEL_NAME}" == "demo" ]]; then
+  if [[ "${MODEL_VERSION}" != "1" ]]; then
+    echo "build-models: the demo model is exported as version 1. Received: MODEL_VERSION=${MODEL_VERSION}" >&2
+    exit 2
+  fi
+  resnet-serving demo --model-base "${MODEL_BASE}"
+else
+  run_dir="$(mktemp -d)"
+  trap 'rm -rf "${run_dir}"' EXIT
+  resnet-serving build --arch "${MODEL_ARCH}" --weights "${MODEL_WEIGHTS}" --out "${run_dir}/run"
+  resnet-serving export --run "${run_dir}/run" --model-base "${MODEL_BASE}" \
+    --name "${MODEL_NAME}" --version "${MODEL_VERSION}" --precision "${MODEL_PRECISION}"
+fi
+test -f "${target}/saved_model.pb" || { echo "build-models: ${target} was not written" >&2; exit 1; }
+echo "build-models: exported ${target}"

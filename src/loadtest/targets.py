@@ -1,0 +1,199 @@
+"""What a request is sent to: the gateway's HTTP API, or TF Serving's gRPC Predict directly.
+
+Both expose `check()` (reachability, raising LoadTestError), `send(deadline)` returning an
+Outcome, and `close()`. Payloads are prepared up front and cycled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import sys
+import types
+from time import perf_counter as now  # uvloop's loop.time() ticks in whole ms
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from loadtest.errors import LoadTestError
+from loadtest.httpclient import HttpPool
+from loadtest.recorder import Outcome
+
+DEFAULT_PATH = "/v1/classify"
+
+
+class Target(Protocol):
+    async def check(self) -> None: ...
+    async def send(self, deadline: float) -> Outcome: ...
+    async def close(self) -> None: ...
+    def describe(self) -> dict[str, Any]: ...
+
+
+def parse_url(url: str) -> tuple[str, int, str]:
+    """`http://host:port/path?query` -> (host, port, path+query); the path defaults to /v1/classify."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise LoadTestError(
+            f"URL must look like http://HOST[:PORT][/PATH] (https is not supported). Received: {url!r}"
+        )
+    try:
+        port = parts.port or 80
+    except ValueError as exc:
+        raise LoadTestError(f"URL has a bad port. Received: {url!r}") from exc
+    path = parts.path if parts.path not in ("", "/") else DEFAULT_PATH
+    if parts.query:
+        path += "?" + parts.query
+    return parts.hostname, port, path
+
+
+class HttpTarget:
+    """Pre-encoded requests over the keep-alive pool, cycled round-robin."""
+
+    def __init__(
+        self, url: str, requests: list[bytes], *, max_connections: int, connect_timeout: float
+    ):
+        self.url = url
+        self.host, self.port, self.path = parse_url(url)
+        self.requests = requests
+        self.pool = HttpPool(
+            self.host, self.port, max_connections=max_connections, connect_timeout=connect_timeout
+        )
+        self._i = 0
+
+    async def check(self) -> None:
+        try:
+            await self.pool.check()
+        except (OSError, TimeoutError) as exc:
+            why = (
+                "timed out"
+                if isinstance(exc, TimeoutError)
+                else (exc.strerror or type(exc).__name__)
+            )
+            raise LoadTestError(
+                f"cannot connect to {self.host}:{self.port} ({why}). Received: {self.url!r}"
+            ) from exc
+
+    async def send(self, deadline: float) -> Outcome:
+        payload = self.requests[self._i % len(self.requests)]
+        self._i += 1
+        return await self.pool.request(payload, deadline)
+
+    async def close(self) -> None:
+        self.pool.close()
+
+    @property
+    def waits(self) -> int:
+        return self.pool.waits
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "http",
+            "url": self.url,
+            "path": self.path,
+            "request_bytes": len(self.requests[0]),
+        }
+
+
+def import_serving_apis() -> tuple[types.ModuleType, types.ModuleType]:
+    """`predict_pb2` and `prediction_service_pb2_grpc` without running TensorFlow's __init__.
+
+    The generated modules only need TensorFlow's *proto* modules; importing them normally
+    imports all of TensorFlow (seconds, hundreds of MB). When TensorFlow is not loaded yet,
+    empty package objects pointing at its folders stand in for `tensorflow` and
+    `tensorflow.core.*`, so only the `_pb2` files run. Used in the CLI's own process only.
+    """
+    if "tensorflow" not in sys.modules:
+        spec = importlib.util.find_spec("tensorflow")
+        if spec is None or spec.origin is None:
+            raise LoadTestError(
+                "--grpc needs the tensorflow-serving-api package (and its tensorflow protos)"
+            )
+        root = os.path.dirname(spec.origin)
+        for name in ("tensorflow", "tensorflow.core", "tensorflow.core.framework",
+                     "tensorflow.core.protobuf", "tensorflow.core.example"):  # fmt: skip
+            pkg = types.ModuleType(name)
+            pkg.__path__ = [os.path.join(root, *name.split(".")[1:])]
+            sys.modules[name] = pkg
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    return predict_pb2, prediction_service_pb2_grpc
+
+
+class GrpcTarget:
+    """`PredictionService/Predict` on `serving_default` with uint8 NHWC `images` tensors."""
+
+    def __init__(
+        self,
+        address: str,
+        model: str,
+        batches: list[np.ndarray],
+        *,
+        signature: str,
+        input_name: str,
+    ):
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise LoadTestError(f"--grpc must be HOST:PORT. Received: {address!r}")
+        import grpc
+
+        self.grpc = grpc
+        predict_pb2, service = import_serving_apis()
+        self.address, self.model, self.signature = address, model, signature
+        self.channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", 256 << 20),
+                ("grpc.max_receive_message_length", 256 << 20),
+            ],
+        )
+        self.stub = service.PredictionServiceStub(self.channel)
+        self.messages = []
+        for batch in batches:
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = model
+            req.model_spec.signature_name = signature
+            tensor = req.inputs[input_name]
+            tensor.dtype = 4  # DT_UINT8 (types.proto)
+            for d in batch.shape:
+                tensor.tensor_shape.dim.add().size = int(d)
+            tensor.tensor_content = np.ascontiguousarray(batch, dtype=np.uint8).tobytes()
+            self.messages.append(req)
+        self._i = 0
+
+    async def check(self) -> None:
+        try:
+            await asyncio.wait_for(self.channel.channel_ready(), 5.0)
+        except TimeoutError as exc:
+            raise LoadTestError(
+                f"cannot connect to gRPC endpoint {self.address} within 5 s. Received: --grpc {self.address}"
+            ) from exc
+
+    async def send(self, deadline: float) -> Outcome:
+        msg = self.messages[self._i % len(self.messages)]
+        self._i += 1
+        sent = now()
+        try:
+            await self.stub.Predict(msg, timeout=max(0.001, deadline - sent))
+        except self.grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+            return Outcome(
+                sent=sent,
+                done=now(),
+                status=code,
+                error="timeout" if code == "DEADLINE_EXCEEDED" else None,
+            )
+        return Outcome(sent=sent, done=now(), status="OK", ok=True)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    @property
+    def waits(self) -> int:
+        return 0
+
+    def describe(self) -> dict[str, Any]:
+        shape = next(iter(self.messages[0].inputs.values())).tensor_shape
+        return {"kind": "grpc", "address": self.address, "model": self.model, "signature": self.signature,
+                "input_shape": [d.size for d in shape.dim]}  # fmt: skip

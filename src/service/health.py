@@ -1,0 +1,51 @@
+"""Operational endpoints: liveness, readiness and Prometheus metrics.
+
+Live and ready are different questions: `/livez` says the process and its event loop answer
+(restart me if not); `/readyz` says requests will be served now (model loaded, its contract
+checked, warmed up, batcher running), so a load balancer may send traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from service.errors import NotReady
+from service.metrics import CONTENT_TYPE
+from service.state import StateDep
+
+router = APIRouter(tags=["health"])
+
+_READY_PROBE_TIMEOUT_S = 2.0  # a probe that hangs is an answer too: not ready
+
+
+@router.get("/livez", summary="The process is alive (200 while the event loop runs)")
+async def livez() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@router.get("/readyz", summary="200 when the model is loaded, checked and warm; else 503")
+async def readyz(state: StateDep) -> dict[str, Any]:
+    batcher, manifest = state.serving()  # 503 while starting or shutting down
+    retry = state.settings.retry_after_s
+    if not batcher.running:
+        raise NotReady("the micro-batcher is not running", retry_after_s=retry)
+    try:
+        ok = await asyncio.wait_for(state.backend.ready(), _READY_PROBE_TIMEOUT_S)
+    except Exception:  # TimeoutError or a backend failure: both mean not ready
+        ok = False
+    if not ok:
+        raise NotReady(f"the {state.backend.name} backend is not ready", retry_after_s=retry)
+    return {
+        "status": "ready",
+        "model": {"name": manifest.model_name, "version": manifest.model_version},
+        "backend": state.backend.name,
+    }
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(state: StateDep) -> Response:
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)

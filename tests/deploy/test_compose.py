@@ -1,0 +1,200 @@
+"""docker-compose.yml (+ the CPU override): validated by Docker Compose v2, and kept in step
+with the gateway's Settings, TF Serving's configs and the exporter's TensorFlow version."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deploy_support import (
+    COMPOSE,
+    COMPOSE_CPU,
+    ROOT,
+    load_yaml,
+    run,
+)
+
+from service.settings import ENV_PREFIX, Settings
+
+_DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")
+
+
+def with_defaults(value: Any) -> Any:
+    """Resolve `${VAR:-default}` to its default, recursively (what compose does when unset)."""
+    if isinstance(value, str):
+        return _DEFAULT.sub(lambda m: m.group(2), value)
+    if isinstance(value, list):
+        return [with_defaults(v) for v in value]
+    if isinstance(value, dict):
+        return {k: with_defaults(v) for k, v in value.items()}
+    return value
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, Any]:
+    return with_defaults(load_yaml(COMPOSE)["services"])
+
+
+def flags(service: dict[str, Any]) -> dict[str, str]:
+    return dict(a.removeprefix("--").split("=", 1) for a in service["command"])
+
+
+def gateway_settings(env: dict[str, str]) -> Settings:
+    values = {k.removeprefix(ENV_PREFIX).lower(): v for k, v in env.items()}
+    return Settings.model_validate(values)
+
+
+def seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", duration)
+    assert match, f"unsupported duration {duration!r}"
+    return float(match.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[match.group(2)]
+
+
+# --- validated by Docker Compose itself ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "files,profile",
+    [
+        ([COMPOSE], None),
+        ([COMPOSE], "monitoring"),
+        ([COMPOSE, COMPOSE_CPU], None),
+        ([COMPOSE, COMPOSE_CPU], "monitoring"),
+    ],
+)
+def test_compose_config_is_valid(
+    compose_cmd: list[str], files: list[Path], profile: str | None
+) -> None:
+    args = [*compose_cmd, *(a for f in files for a in ("-f", str(f)))]
+    if profile:
+        args += ["--profile", profile]
+    result = run([*args, "config", "-q"])
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_rejects_a_broken_file(compose_cmd: list[str], tmp_path: Path) -> None:
+    # The validator must be able to fail: a misspelt key is an error.
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(COMPOSE.read_text().replace("depends_on:", "depend_on:", 1))
+    result = run([*compose_cmd, "-f", str(broken), "config", "-q"], cwd=ROOT)
+    assert result.returncode != 0
+    assert "depend_on" in result.stderr
+
+
+def merged(compose_cmd: list[str], *files: Path) -> dict[str, Any]:
+    args = [a for f in files for a in ("-f", str(f))]
+    result = run([*compose_cmd, *args, "config", "--format", "json"])
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["services"]
+
+
+def test_cpu_override_drops_the_gpu_and_enables_xla_cpu(compose_cmd: list[str]) -> None:
+    gpu = merged(compose_cmd, COMPOSE)["tfserving"]
+    cpu = merged(compose_cmd, COMPOSE, COMPOSE_CPU)["tfserving"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert "deploy" not in cpu
+    assert cpu["image"] == gpu["image"].removesuffix("-gpu")
+    assert "--xla_cpu_compilation_enabled=true" in cpu["command"]
+    # Everything else on the command line is the same server configuration.
+    strip = {"--xla_gpu_compilation_enabled=true", "--xla_cpu_compilation_enabled=true"}
+    assert set(cpu["command"]) - strip == set(gpu["command"]) - strip
+
+
+# --- drift: compose vs the code ---------------------------------------------------------------
+
+
+def test_compose_uses_the_services_we_document(services: dict[str, Any]) -> None:
+    assert {"builder", "tfserving", "gateway", "prometheus", "grafana"} <= set(services)
+    assert services["prometheus"]["profiles"] == ["monitoring"]
+    assert services["grafana"]["profiles"] == ["monitoring"]
+    assert "profiles" not in services["gateway"]
+
+
+def test_gateway_env_is_real_settings(services: dict[str, Any]) -> None:
+    env = services["gateway"]["environment"]
+    unknown = sorted(
+        k for k in env if k.removeprefix(ENV_PREFIX).lower() not in Settings.model_fields
+    )
+    assert all(k.startswith(ENV_PREFIX) for k in env)
+    assert not unknown, f"not Settings fields: {unknown}"
+    settings = gateway_settings(env)  # parses, validators included
+    assert settings.backend == "tfserving"
+
+
+def test_ports_agree_with_settings_and_tfserving(services: dict[str, Any]) -> None:
+    gw = services["gateway"]
+    settings = gateway_settings(gw["environment"])
+    assert gw["ports"] == [f"{settings.port}:{settings.port}"]
+    host, _, grpc_port = settings.tfserving_address.rpartition(":")
+    assert host == "tfserving"
+    tfs = flags(services["tfserving"])
+    assert tfs["port"] == grpc_port
+    published = {p.rsplit(":", 2)[-1] for p in services["tfserving"]["ports"]}
+    assert published == {tfs["port"], tfs["rest_api_port"]}
+
+
+def test_stop_grace_outlasts_the_drain(services: dict[str, Any]) -> None:
+    gw = services["gateway"]
+    drain = gateway_settings(gw["environment"]).drain_timeout_s
+    assert seconds(gw["stop_grace_period"]) > drain
+
+
+def test_gateway_waits_for_a_healthy_tfserving(services: dict[str, Any]) -> None:
+    assert services["gateway"]["depends_on"] == {"tfserving": {"condition": "service_healthy"}}
+    assert services["tfserving"]["depends_on"] == {
+        "builder": {"condition": "service_completed_successfully"}
+    }
+
+
+def test_volumes_are_shared_and_read_only_for_servers(services: dict[str, Any]) -> None:
+    base = str(gateway_settings(services["gateway"]["environment"]).model_base_path)
+    assert f"models:{base}" in services["builder"]["volumes"]
+    assert f"models:{base}:ro" in services["tfserving"]["volumes"]
+    assert f"models:{base}:ro" in services["gateway"]["volumes"]
+    assert services["builder"]["environment"]["MODEL_BASE"] == base
+
+
+def test_one_model_name_everywhere(services: dict[str, Any]) -> None:
+    name = services["builder"]["environment"]["MODEL_NAME"]
+    assert services["gateway"]["environment"]["RESNET_SERVING_MODEL_NAME"] == name
+    assert services["tfserving"]["healthcheck"]["test"][3] == name
+
+
+def tf_minor_from_pyproject() -> tuple[int, int]:
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    spec = next(d for d in deps if re.match(r"tensorflow\s*[<>=]", d))
+    major, minor = re.search(r">=\s*(\d+)\.(\d+)", spec).groups()  # type: ignore[union-attr]
+    return int(major), int(minor)
+
+
+def test_tfserving_image_is_pinned_recent_and_matches_the_exporter(
+    services: dict[str, Any],
+) -> None:
+    image = services["tfserving"]["image"]
+    match = re.fullmatch(r"tensorflow/serving:(\d+)\.(\d+)\.(\d+)-gpu", image)
+    assert match, f"pin an exact GPU release. Received: image={image!r}"
+    version = tuple(int(g) for g in match.groups())
+    assert version >= (2, 18, 0), "XLA-compiled GPU models need TF Serving 2.18 or later"
+    assert version[:2] == tf_minor_from_pyproject(), "serve with the TF release that exports"
+    assert flags(services["tfserving"])["xla_gpu_compilation_enabled"] == "true"
+    assert services["tfserving"]["entrypoint"] == ["tensorflow_model_server"]
+
+
+def test_tfserving_healthcheck_script_is_mounted(services: dict[str, Any]) -> None:
+    test = services["tfserving"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "bash", "/etc/tfserving/healthcheck.sh"]
+    rest_port = flags(services["tfserving"])["rest_api_port"]
+    assert test[4] == rest_port
+    mount = "./deploy/tfserving/healthcheck.sh:/etc/tfserving/healthcheck.sh:ro"
+    assert mount in services["tfserving"]["volumes"]
+
+
+def test_gateway_healthcheck_asks_readyz(services: dict[str, Any]) -> None:
+    test = services["gateway"]["healthcheck"]["test"]
+    assert test == ["CMD", "python", "/usr/local/bin/gateway-healthcheck", "/readyz"]

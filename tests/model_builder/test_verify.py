@@ -1,0 +1,131 @@
+"""verify_export: passes on a good export, names the failed check on a tampered one."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from model_builder.errors import VerifyError
+from model_builder.manifest import LABELS_RELPATH, MANIFEST_RELPATH, WARMUP_RELPATH
+from model_builder.verify import (
+    _check_xla,
+    check_export,
+    parse_saved_model_cli,
+    verify_export,
+)
+from model_builder.warmup import write_warmup_requests
+
+
+def _copy(exported: Any, tmp_path: Path) -> Path:
+    target = tmp_path / "tiny" / "1"
+    shutil.copytree(exported.version_dir, target)
+    return target
+
+
+def test_good_export_passes_every_check(exported: Any) -> None:
+    report = verify_export(exported.version_dir, exported.run_dir, use_cli=False)
+    assert [c.name for c in report.checks] == [
+        "manifest", "load", "parity", "signatures", "xla", "warmup",
+    ]  # fmt: skip
+    assert report.ok
+    assert report.max_abs_diff is not None and report.max_abs_diff < 1e-4
+    assert "same top-1" in next(c.detail for c in report.checks if c.name == "parity")
+
+
+def test_edited_labels_fail_with_the_line(exported: Any, tmp_path: Path) -> None:
+    version_dir = _copy(exported, tmp_path)
+    labels_path = version_dir / LABELS_RELPATH
+    lines = labels_path.read_text(encoding="utf-8").splitlines()
+    lines[2] = "not_a_class"
+    labels_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(
+        VerifyError, match=r"failed 1 check.*\n  manifest: .*labels.txt differs.*line 3"
+    ):
+        verify_export(version_dir, use_cli=False)
+
+
+def test_warmup_missing_a_bucket_fails(exported: Any, tmp_path: Path) -> None:
+    version_dir = _copy(exported, tmp_path)
+    (version_dir / WARMUP_RELPATH).unlink()
+    write_warmup_requests(version_dir, model_name="tiny", height=16, width=16, buckets=(1, 2))
+    report = check_export(version_dir, use_cli=False)
+    [failed] = report.failed
+    assert failed.name == "warmup"
+    assert "batch sizes [1, 2] != buckets [1, 2, 4]" in failed.detail
+
+
+def test_parity_fails_against_a_different_model(exported: Any, fresh_model: Any) -> None:
+    other = fresh_model()
+    dense = other.get_layer("predictions")
+    dense.kernel.assign(np.random.default_rng(9).normal(size=dense.kernel.shape))
+    report = check_export(exported.version_dir, model=other, use_cli=False)
+    assert [c.name for c in report.failed] == ["parity"]
+    assert "max |diff|" in report.failed[0].detail
+
+
+def test_missing_manifest_stops_early(exported: Any, tmp_path: Path) -> None:
+    version_dir = _copy(exported, tmp_path)
+    (version_dir / MANIFEST_RELPATH).unlink()
+    with pytest.raises(VerifyError, match="manifest: no manifest at"):
+        verify_export(version_dir, use_cli=False)
+
+
+def test_xla_check_fails_without_jit(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.f = tf.function(
+        lambda x: {"y": x * 2.0}, input_signature=[tf.TensorSpec([None], tf.float32)]
+    )
+    tf.saved_model.save(
+        module,
+        str(tmp_path),
+        signatures={"serving_default": module.f.get_concrete_function()},
+    )
+    check = _check_xla(tmp_path)
+    assert not check.ok
+    assert "serving_default" in check.detail and "serving_bytes (absent)" in check.detail
+
+
+def test_parse_saved_model_cli_text() -> None:
+    text = """
+signature_def['serving_default']:
+  The given SavedModel SignatureDef contains the following input(s):
+    inputs['images'] tensor_info:
+        dtype: DT_UINT8
+        shape: (-1, 16, 16, 3)
+        name: serving_default_images:0
+  The given SavedModel SignatureDef contains the following output(s):
+    outputs['probabilities'] tensor_info:
+        dtype: DT_FLOAT
+        shape: (-1, 6)
+        name: StatefulPartitionedCall:0
+"""
+    assert parse_saved_model_cli(text) == {
+        "serving_default": {
+            "images": ("DT_UINT8", "(-1, 16, 16, 3)"),
+            "probabilities": ("DT_FLOAT", "(-1, 6)"),
+        }
+    }
+
+
+def test_cli_verify_prints_checks_and_exits_by_result(
+    exported: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from resnet_serving.cli import main
+
+    assert main(["verify", str(exported.version_dir), "--run", str(exported.run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[PASS]") == 6 and "all 6 checks passed" in out
+    assert "as expected (saved_model_cli)" in out
+
+    version_dir = _copy(exported, tmp_path)
+    (version_dir / MANIFEST_RELPATH).unlink()  # stops before the slow checks
+    assert main(["verify", str(version_dir)]) == 2
+    captured = capsys.readouterr()
+    assert "[FAIL] manifest:" in captured.out
+    assert "1 check(s) failed: manifest" in captured.err

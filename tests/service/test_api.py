@@ -1,0 +1,272 @@
+"""The HTTP API over real uvicorn + httpx, with a Backend double where failures must be staged.
+
+The double is the only fake: decode, batcher, middleware, metrics and routing are real. The
+real backends are exercised in test_integration.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from tests.service.conftest import LABELS, MODEL_NAME, SIDE, gateway_settings, png
+from tests.service.conftest import serving as serve_app
+
+from model_builder.manifest import InputSpec, Manifest
+from service.app import create_app
+from service.errors import BackendUnavailable
+
+MANIFEST = Manifest(
+    model_name=MODEL_NAME,
+    model_version=3,
+    architecture="double",
+    input=InputSpec(height=SIDE, width=SIDE),
+    labels=LABELS,
+)
+
+
+@dataclass
+class DoubleBackend:
+    """Answers a fixed distribution per image: class = first pixel's red value mod classes."""
+
+    name: str = "double"
+    gate: threading.Event = field(default_factory=threading.Event)
+    fail: BaseException | None = None
+    is_ready: bool = True
+    calls: int = 0
+
+    def __post_init__(self) -> None:
+        self.gate.set()
+
+    @property
+    def manifest(self) -> Manifest:
+        if isinstance(self.fail, RuntimeError) and "manifest" in str(self.fail):
+            raise self.fail
+        return MANIFEST
+
+    async def start(self) -> None: ...
+
+    async def ready(self) -> bool:
+        return self.is_ready
+
+    async def close(self) -> None:
+        self.gate.set()
+
+    async def predict(self, images: np.ndarray, *, timeout_s: float) -> np.ndarray:
+        self.calls += 1
+        await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 10)
+        if self.fail is not None:
+            raise self.fail
+        out = np.full((images.shape[0], len(LABELS)), 0.01, np.float32)
+        out[np.arange(len(images)), images[:, 0, 0, 0] % len(LABELS)] = 0.91
+        return out
+
+
+@pytest.fixture(scope="module")
+def double() -> DoubleBackend:
+    return DoubleBackend()
+
+
+@pytest.fixture(scope="module")
+def api(double: DoubleBackend) -> Iterator[httpx.Client]:
+    settings = gateway_settings(Path("unused"), max_wait_ms=1.0, request_timeout_s=1.0)
+    with (
+        serve_app(create_app(settings, backend=double)) as live,
+        httpx.Client(base_url=live.url, timeout=10) as client,
+    ):
+        yield client
+
+
+@pytest.fixture(autouse=True)
+def _reset(double: DoubleBackend) -> Iterator[None]:
+    yield
+    double.fail, double.is_ready = None, True
+    double.gate.set()
+
+
+def pixel(value: int) -> bytes:
+    return png(np.full((SIDE, SIDE, 3), value, np.uint8))
+
+
+def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["error"] == code and body["detail"], body
+    assert body["request_id"] == r.headers["x-request-id"]
+    return body
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected_classes"),
+    [
+        ({"files": [("image", ("a.png", pixel(3), "image/png"))]}, [3]),
+        (
+            {"files": [("images", (f"{v}.png", pixel(v), "image/png")) for v in (1, 22, 5)]},
+            [1, 2, 5],
+        ),
+        ({"content": pixel(7), "headers": {"content-type": "image/png"}}, [7]),
+        (
+            {"json": {"images": [base64.b64encode(pixel(v)).decode() for v in (4, 9)]}},
+            [4, 9],
+        ),
+        (
+            {"json": {"images": ["data:image/png;base64," + base64.b64encode(pixel(8)).decode()]}},
+            [8],
+        ),
+    ],
+    ids=["multipart-one", "multipart-many", "raw-body", "json-base64", "json-data-url"],
+)
+def test_classify_every_input_kind(
+    api: httpx.Client, kwargs: dict[str, Any], expected_classes: list[int]
+) -> None:
+    r = api.post("/v1/classify", **kwargs)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == {"name": MODEL_NAME, "version": 3}
+    assert [p["top_k"][0]["class_id"] for p in body["predictions"]] == expected_classes
+    first = body["predictions"][0]["top_k"]
+    assert len(first) == 5  # settings.default_top_k
+    assert first[0]["label"] == LABELS[expected_classes[0]]
+    assert first[0]["score"] == pytest.approx(0.91)
+    assert set(body["timing_ms"]) == {"decode", "queue", "backend", "total"}
+    timing = dict(re.findall(r"(\w+);dur=([\d.]+)", r.headers["server-timing"]))
+    assert set(timing) == {"decode", "queue", "backend", "total"}
+
+
+def test_top_k_and_named_model_route(api: httpx.Client) -> None:
+    r = api.post(
+        f"/v1/models/{MODEL_NAME}/classify",
+        params={"top_k": 10},
+        content=pixel(2),
+        headers={"content-type": "image/png"},
+    )
+    assert r.status_code == 200, r.text
+    scores = [s["score"] for s in r.json()["predictions"][0]["top_k"]]
+    assert len(scores) == 10 and scores == sorted(scores, reverse=True)
+
+
+def test_unknown_model_and_route_are_404_json(api: httpx.Client) -> None:
+    r = api.post(
+        "/v1/models/nope/classify", content=pixel(1), headers={"content-type": "image/png"}
+    )
+    assert "nope" in assert_error(r, 404, "model_not_found")["detail"]
+    assert_error(api.get("/v2/whatever"), 404, "not_found")
+    assert_error(api.get("/v1/classify"), 405, "method_not_allowed")
+
+
+def test_request_id_is_echoed_when_sane_and_generated_otherwise(api: httpx.Client) -> None:
+    assert api.get("/livez", headers={"x-request-id": "abc-123"}).headers["x-request-id"] == (
+        "abc-123"
+    )
+    generated = api.get("/livez", headers={"x-request-id": "bad id\twith spaces"})
+    assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["x-request-id"])
+    assert re.fullmatch(r"[0-9a-f]{32}", api.get("/livez").headers["x-request-id"])
+
+
+def test_models_health_docs(api: httpx.Client, double: DoubleBackend) -> None:
+    (model,) = api.get("/v1/models").json()["models"]
+    assert model["name"] == MODEL_NAME and model["version"] == 3
+    assert model["backend"] == "double" and model["num_labels"] == len(LABELS)
+    assert model["input"]["height"] == SIDE and model["batch_buckets"][-1] == 64
+    assert api.get("/livez").json() == {"status": "alive"}
+    assert api.get("/readyz").status_code == 200
+    double.is_ready = False
+    r = api.get("/readyz")
+    assert_error(r, 503, "not_ready")
+    assert r.headers["retry-after"] == "1"
+    assert api.get("/livez").status_code == 200  # alive is not ready
+    assert api.get("/docs").status_code == 200
+    assert "/v1/classify" in api.get("/openapi.json").json()["paths"]
+
+
+def test_metrics_count_requests_batches_and_errors(api: httpx.Client) -> None:
+    api.post("/v1/classify", content=pixel(1), headers={"content-type": "image/png"})
+    api.post("/v1/classify", content=b"x", headers={"content-type": "text/plain"})
+    text = api.get("/metrics").text
+    for name in (
+        'gateway_request_duration_seconds_count{method="POST",route="/v1/classify",status="200"}',
+        'gateway_errors_total{code="unsupported_media_type",status="415"}',
+        "gateway_batch_size_count",
+        "gateway_decode_seconds_count",
+        'gateway_backend_seconds_count{backend="double"}',
+        "gateway_queue_depth",
+    ):
+        assert name in text, name
+
+
+def test_backend_unavailable_is_503_with_retry_after(
+    api: httpx.Client, double: DoubleBackend
+) -> None:
+    double.fail = BackendUnavailable("model server down", retry_after_s=7)
+    r = api.post("/v1/classify", content=pixel(1), headers={"content-type": "image/png"})
+    assert_error(r, 503, "backend_unavailable")
+    assert r.headers["retry-after"] == "7"
+
+
+def test_backend_bug_is_502_and_a_gateway_bug_is_500_without_traceback(
+    api: httpx.Client, double: DoubleBackend
+) -> None:
+    double.fail = ZeroDivisionError("secret internals")
+    r = api.post("/v1/classify", content=pixel(1), headers={"content-type": "image/png"})
+    assert "secret" not in assert_error(r, 502, "backend_error")["detail"]
+    double.fail = RuntimeError("manifest exploded: secret internals")
+    r = api.get("/v1/models")
+    body = assert_error(r, 500, "internal_error")
+    assert "secret" not in r.text and "Traceback" not in r.text and body["request_id"]
+
+
+def test_budget_passed_is_504(api: httpx.Client, double: DoubleBackend) -> None:
+    double.gate.clear()  # the backend hangs past request_timeout_s (1 s)
+    r = api.post("/v1/classify", content=pixel(1), headers={"content-type": "image/png"})
+    assert_error(r, 504, "deadline_exceeded")
+
+
+def test_full_queue_is_503_at_once_and_others_still_served() -> None:
+    double = DoubleBackend()
+    settings = gateway_settings(
+        Path("unused"), max_batch_size=1, max_queue_images=1, max_wait_ms=0.0, retry_after_s=2
+    )
+    with serve_app(create_app(settings, backend=double)) as live:
+        double.gate.clear()
+        img = {"content": pixel(1), "headers": {"content-type": "image/png"}}
+
+        async def scenario() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=live.url, timeout=20) as client:
+                at_backend = asyncio.create_task(client.post("/v1/classify", **img))
+                while double.calls == 0:
+                    await asyncio.sleep(0.01)
+                queued = asyncio.create_task(client.post("/v1/classify", **img))
+                await asyncio.sleep(0.3)  # let it reach the queue
+                refused = await client.post("/v1/classify", **img)
+                double.gate.set()
+                return [refused, await at_backend, await queued]
+
+        refused, *served = asyncio.run(scenario())
+    assert_error(refused, 503, "queue_full")
+    assert refused.headers["retry-after"] == "2"
+    assert [r.status_code for r in served] == [200, 200]
+
+
+def test_not_ready_while_the_backend_starts() -> None:
+    class SlowStart(DoubleBackend):
+        async def start(self) -> None:
+            await asyncio.sleep(30)
+
+    with serve_app(
+        create_app(gateway_settings(Path("unused")), backend=SlowStart()), ready=False
+    ) as live:
+        assert httpx.get(f"{live.url}/livez").status_code == 200
+        assert_error(httpx.get(f"{live.url}/readyz"), 503, "not_ready")
+        r = httpx.post(
+            f"{live.url}/v1/classify", content=pixel(1), headers={"content-type": "image/png"}
+        )
+        assert_error(r, 503, "not_ready")

@@ -1,0 +1,139 @@
+"""Every kind of bad input, table-driven, against the real gateway (embedded backend).
+
+Each case checks the status AND the JSON error code; afterwards a good request still works,
+so one bad client never takes the process down for the others.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from tests.service.conftest import SIDE, LiveServer, png, random_images
+
+LIMIT_BYTES = 256 * 1024  # gateway_settings(max_upload_bytes=...)
+MAX_IMAGES = 8  # gateway_settings(max_images_per_request=...)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _encoded(pixels: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+GOOD = png(random_images(1, seed=11)[0])
+NOISE = _encoded(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8), "PNG")
+ZERO_SIZED = (
+    b"\x89PNG\r\n\x1a\n"
+    + _chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 10, 8, 2, 0, 0, 0))
+    + _chunk(b"IDAT", zlib.compress(b""))
+    + _chunk(b"IEND", b"")
+)
+TIFF = _encoded(np.zeros((20, 20, 3), np.uint8), "TIFF")
+HUGE_PIXELS = _encoded(np.zeros((1000, 1100, 3), np.uint8), "PNG")  # 1.1 MP > 1 MP, ~3 KiB
+OVERSIZED = GOOD + b"\0" * (LIMIT_BYTES + 1)  # a valid PNG with junk after it
+
+
+def raw(data: bytes, content_type: str = "image/png") -> dict[str, Any]:
+    return {"content": data, "headers": {"content-type": content_type}}
+
+
+def files(*blobs: bytes) -> dict[str, Any]:
+    return {"files": [("images", (f"{i}.png", b, "image/png")) for i, b in enumerate(blobs)]}
+
+
+def chunked(data: bytes) -> dict[str, Any]:
+    def body() -> Iterator[bytes]:  # no Content-Length: httpx sends Transfer-Encoding: chunked
+        for i in range(0, len(data), 16 * 1024):
+            yield data[i : i + 16 * 1024]
+
+    return {"content": body(), "headers": {"content-type": "image/png"}}
+
+
+CASES: list[tuple[str, dict[str, Any], str, int, str]] = [
+    # id, request kwargs, query, status, error code
+    ("empty-body", raw(b""), "", 400, "empty_image"),
+    ("not-an-image", raw(b"hello, this is text"), "", 400, "not_an_image"),
+    ("truncated", raw(NOISE[: len(NOISE) // 2]), "", 400, "truncated_image"),
+    ("zero-sized", raw(ZERO_SIZED), "", 400, "zero_sized_image"),
+    ("format-not-allowed", raw(TIFF, "image/tiff"), "", 400, "unsupported_format"),
+    ("too-many-multipart", files(*[GOOD] * (MAX_IMAGES + 1)), "", 400, "too_many_images"),
+    (
+        "too-many-json",
+        {"json": {"images": [base64.b64encode(GOOD).decode()] * (MAX_IMAGES + 1)}},
+        "",
+        400,
+        "too_many_images",
+    ),
+    ("bad-base64", {"json": {"images": ["not base64!!"]}}, "", 400, "bad_base64"),
+    ("bad-json", raw(b"{nope", "application/json"), "", 400, "bad_request"),
+    ("json-wrong-shape", {"json": {"image": "x"}}, "", 400, "bad_request"),
+    (
+        "multipart-no-image",
+        {"files": [("other", ("a.png", GOOD, "image/png"))]},
+        "",
+        400,
+        "empty_image",
+    ),
+    ("one-bad-among-good", files(GOOD, b"junk"), "", 400, "not_an_image"),
+    ("upload-too-large-declared", raw(OVERSIZED), "", 413, "upload_too_large"),
+    ("upload-too-large-chunked", chunked(OVERSIZED), "", 413, "upload_too_large"),
+    ("upload-too-large-multipart", files(OVERSIZED), "", 413, "upload_too_large"),
+    ("image-too-many-pixels", raw(HUGE_PIXELS), "", 413, "image_too_large"),
+    ("text-plain", raw(b"hello", "text/plain"), "", 415, "unsupported_media_type"),
+    ("no-content-type", {"content": GOOD}, "", 415, "unsupported_media_type"),
+    ("top-k-zero", raw(GOOD), "top_k=0", 422, "invalid_parameter"),
+    ("top-k-not-int", raw(GOOD), "top_k=abc", 422, "invalid_parameter"),
+    ("top-k-over-classes", raw(GOOD), "top_k=11", 422, "invalid_parameter"),
+]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "query", "status", "code"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+def test_bad_input_is_refused_with_status_and_code(
+    embedded_gateway: LiveServer, kwargs: dict[str, Any], query: str, status: int, code: str
+) -> None:
+    with httpx.Client(base_url=embedded_gateway.url, timeout=20) as client:
+        r = client.post(f"/v1/classify?{query}", **kwargs)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["error"] == code, body
+    assert body["detail"] and body["request_id"] == r.headers["x-request-id"]
+    if status == 422:
+        assert "top_k" in body["detail"]
+
+
+def test_still_serving_after_bad_input(embedded_gateway: LiveServer) -> None:
+    with httpx.Client(base_url=embedded_gateway.url, timeout=20) as client:
+        for _, kwargs, query, *_ in CASES[:4]:
+            client.post(f"/v1/classify?{query}", **kwargs)
+        r = client.post("/v1/classify", **raw(GOOD))
+        assert r.status_code == 200, r.text
+        assert len(r.json()["predictions"][0]["top_k"]) == 5
+        errors = client.get("/metrics").text
+    assert 'gateway_errors_total{code="not_an_image",status="400"}' in errors
+
+
+def test_input_size_is_the_models(embedded_gateway: LiveServer) -> None:
+    """A large photo is resized by decode, not refused: the model only ever sees SIDE x SIDE."""
+    photo = _encoded(np.random.default_rng(1).integers(0, 256, (480, 640, 3), np.uint8), "JPEG")
+    with httpx.Client(base_url=embedded_gateway.url, timeout=20) as client:
+        r = client.post("/v1/classify", **raw(photo, "image/jpeg"))
+        assert r.status_code == 200, r.text
+        (model,) = client.get("/v1/models").json()["models"]
+    assert model["input"]["height"] == SIDE

@@ -1,0 +1,399 @@
+"""service.decode: real Pillow-made images in every accepted format, every refusal, and fuzz."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageDraw, ImageFile, ImageOps, JpegImagePlugin
+
+from model_builder.manifest import InputSpec, Preprocessing
+from service.decode import DecodeLimits, decode_batch, decode_image
+from service.errors import (
+    EmptyImage,
+    GatewayError,
+    ImageTooLarge,
+    NotAnImage,
+    TruncatedImage,
+    UnsupportedFormat,
+    ZeroSizedImage,
+)
+from service.settings import Settings
+
+LIMITS = DecodeLimits.from_settings(Settings())
+SPEC = InputSpec(height=24, width=32)  # not square: catches swapped axes
+STRETCH = Preprocessing(resize="stretch")
+CROP = Preprocessing(resize="resize_shorter_center_crop", crop_fraction=0.875)
+RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
+
+
+def encode(im: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def photo(w: int, h: int, seed: int = 0) -> Image.Image:
+    """Smooth gradients + mild noise + shapes: JPEG-friendly, like a photo."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    px = np.stack([x / w * 255, y / h * 255, (x + y) / (w + h) * 255], -1)
+    px += rng.normal(0, 4, (h, w, 3))
+    im = Image.fromarray(np.clip(px, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    for _ in range(8):
+        x0, y0, r = (
+            int(rng.integers(0, w)),
+            int(rng.integers(0, h)),
+            int(rng.integers(w // 10, w // 3)),
+        )
+        draw.ellipse([x0, y0, x0 + r, y0 + r], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    return im
+
+
+def decode(
+    data: bytes, spec: InputSpec = SPEC, pre: Preprocessing = STRETCH, **kw: object
+) -> np.ndarray:
+    limits = DecodeLimits(**kw) if kw else LIMITS  # type: ignore[arg-type]
+    return decode_image(data, input_spec=spec, preprocessing=pre, limits=limits)
+
+
+def reference(im: Image.Image, spec: InputSpec, pre: Preprocessing) -> np.ndarray:
+    """The contract done the slow, obvious way: full decode, upright, RGB, then one resize of
+    the centre region that maps onto the target once scaled (the whole image for stretch)."""
+    im = ImageOps.exif_transpose(im).convert("RGB")
+    box = (0.0, 0.0, float(im.width), float(im.height))
+    if pre.resize == "resize_shorter_center_crop":
+        scale = max(spec.width / im.width, spec.height / im.height) / pre.crop_fraction
+        cw, ch = spec.width / scale, spec.height / scale
+        box = ((im.width - cw) / 2, (im.height - ch) / 2, (im.width + cw) / 2, (im.height + ch) / 2)
+    return np.asarray(im.resize((spec.width, spec.height), Image.Resampling.BILINEAR, box=box))
+
+
+def mad(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def with_exif_orientation(im: Image.Image, fmt: str, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    jpeg = {"quality": 95, "subsampling": 0} if fmt == "JPEG" else {}  # 4:4:4: crisp colour edges
+    return encode(im, fmt, exif=exif.tobytes(), **jpeg)
+
+
+# ---------------------------------------------------------------- every accepted format
+
+
+def _animated_gif() -> bytes:
+    frames = [Image.new("RGB", (40, 30), c) for c in (RED, BLUE, GREEN)]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+
+
+FORMATS: dict[str, Callable[[], bytes]] = {
+    "JPEG": lambda: encode(photo(120, 90), "JPEG", quality=90),
+    "PNG": lambda: encode(photo(120, 90), "PNG"),
+    "WEBP": lambda: encode(photo(120, 90), "WEBP", quality=90),
+    "GIF": lambda: encode(photo(120, 90).convert("P"), "GIF"),
+    "BMP": lambda: encode(photo(120, 90), "BMP"),
+    # Phones write multi-picture JPEGs; Pillow calls them MPO. Accepted as JPEG, frame 0.
+    "MPO": lambda: encode(photo(120, 90), "MPO", save_all=True, append_images=[photo(120, 90, 1)]),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("pre", [STRETCH, CROP], ids=["stretch", "crop"])
+def test_every_allowed_format_decodes_to_the_input_spec(fmt: str, pre: Preprocessing) -> None:
+    assert fmt in (*LIMITS.allowed_formats, "MPO")
+    out = decode(FORMATS[fmt](), pre=pre)
+    assert out.shape == (24, 32, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
+    assert mad(out, reference(Image.open(io.BytesIO(FORMATS[fmt]())), SPEC, pre)) < 3
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def _png_with_size(w: int, h: int) -> bytes:
+    """A real 4x4 PNG whose IHDR (CRC fixed) declares w x h: no pixel data for that size."""
+    data = bytearray(encode(Image.new("RGB", (4, 4)), "PNG"))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return bytes(data)
+
+
+def _jpeg_with_size(w: int, h: int) -> bytes:
+    data = bytearray(encode(Image.new("RGB", (16, 16)), "JPEG"))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", h, w)
+    return bytes(data)
+
+
+def _gif_with_size(w: int, h: int) -> bytes:
+    data = bytearray(encode(Image.new("P", (4, 4)), "GIF"))
+    data[6:10] = struct.pack("<HH", w, h)  # logical screen
+    desc = data.find(b"\x2c")  # image descriptor: x, y, w, h
+    data[desc + 5 : desc + 9] = struct.pack("<HH", w, h)
+    return bytes(data)
+
+
+_JPEG = encode(photo(64, 48), "JPEG", quality=90)
+_PNG = encode(photo(64, 48), "PNG")
+
+REFUSALS = [
+    ("empty", b"", EmptyImage, "0 bytes"),
+    ("garbage", b"definitely not an image, just text", NotAnImage, "unrecognised format"),
+    ("truncated-jpeg", _JPEG[: len(_JPEG) // 2], TruncatedImage, "JPEG 64x48"),
+    ("truncated-png", _PNG[: len(_PNG) // 2], TruncatedImage, "PNG 64x48"),
+    ("zero-width-png", _png_with_size(0, 4), ZeroSizedImage, "PNG header declares 0x4"),
+    ("zero-height-jpeg", _jpeg_with_size(16, 0), ZeroSizedImage, "JPEG header declares 16x0"),
+    ("zero-gif", _gif_with_size(0, 0), ZeroSizedImage, "declares 0x0"),
+    ("tiff", encode(Image.new("RGB", (8, 8)), "TIFF"), UnsupportedFormat, "TIFF"),
+    ("ico", encode(Image.new("RGB", (16, 16)), "ICO"), UnsupportedFormat, "ICO"),
+    ("huge-png", _png_with_size(30000, 30000), ImageTooLarge, "30000x30000 = 900000000"),
+    ("huge-jpeg", _jpeg_with_size(30000, 30000), ImageTooLarge, "30000x30000"),
+    ("huge-gif", _gif_with_size(30000, 30000), ImageTooLarge, "30000x30000"),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "exc", "needle"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS]
+)
+def test_refusals_raise_their_error_with_a_one_line_message(
+    data: bytes, exc: type[GatewayError], needle: str
+) -> None:
+    with pytest.raises(exc) as info:
+        decode(data)
+    assert type(info.value) is exc
+    assert needle in info.value.detail and "\n" not in info.value.detail
+
+
+def test_pixel_limit_is_checked_on_the_header_before_any_decode() -> None:
+    # The file declares 3000x3000 but carries pixel data for 4x4 only. Under the limit the
+    # decoder runs and finds the data short; over it we refuse first, so nothing was decoded.
+    data = _png_with_size(3000, 3000)
+    allowed = LIMITS.allowed_formats
+    with pytest.raises(TruncatedImage):
+        decode(data, max_image_pixels=9_000_000, allowed_formats=allowed)
+    with pytest.raises(ImageTooLarge, match="limit is max_image_pixels=8999999"):
+        decode(data, max_image_pixels=8_999_999, allowed_formats=allowed)
+
+
+def test_pillow_globals_leave_the_decision_to_us() -> None:
+    assert Image.MAX_IMAGE_PIXELS is None  # our limit, not Pillow's bomb guard, refuses
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # truncated files raise, never grey-pad
+
+
+def test_format_allow_list_is_respected() -> None:
+    with pytest.raises(UnsupportedFormat, match="PNG is not accepted; allowed: JPEG"):
+        decode(_PNG, max_image_pixels=10**6, allowed_formats=("jpeg",))
+
+
+# ---------------------------------------------------------------- modes and orientation
+
+
+def _solid(mode: str, size: tuple[int, int], color: object, **info: object) -> bytes:
+    im = Image.new(mode, size, color)  # type: ignore[arg-type]
+    return encode(im, "PNG", **info)
+
+
+def _p_with_transparency() -> bytes:
+    im = Image.new("P", (16, 16), 1)
+    im.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    return encode(im, "PNG", transparency=1)  # palette entry 1 (red) fully transparent
+
+
+MODES = [
+    # (id, bytes, background, expected RGB of every pixel)
+    (
+        "cmyk-jpeg",
+        encode(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), "JPEG", quality=95),
+        WHITE,
+        RED,
+    ),
+    ("L", _solid("L", (16, 16), 200), WHITE, (200, 200, 200)),
+    ("I;16", _solid("I;16", (16, 16), 65535), WHITE, WHITE),
+    ("I;16-mid", _solid("I;16", (16, 16), 32768), WHITE, (128, 128, 128)),
+    ("P+tRNS", _p_with_transparency(), BLUE, BLUE),
+    ("LA-half", _solid("LA", (16, 16), (255, 128)), (0, 0, 0), (128, 128, 128)),
+    ("RGBA-clear", _solid("RGBA", (16, 16), (255, 0, 0, 0)), BLUE, BLUE),
+    ("RGBA-half", _solid("RGBA", (16, 16), (255, 0, 0, 128)), (0, 0, 0), (128, 0, 0)),
+    (
+        "RGBA-webp",
+        encode(Image.new("RGBA", (16, 16), (0, 255, 0, 0)), "WEBP", lossless=True),
+        RED,
+        RED,
+    ),
+    ("animated-gif", _animated_gif(), WHITE, RED),
+    ("1-bit", encode(Image.new("1", (16, 16), 1), "BMP"), (0, 0, 0), WHITE),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "background", "expected"), [m[1:] for m in MODES], ids=[m[0] for m in MODES]
+)
+def test_modes_convert_to_rgb_with_alpha_on_background(
+    data: bytes, background: tuple[int, int, int], expected: tuple[int, int, int]
+) -> None:
+    out = decode(data, pre=Preprocessing(background_rgb=background))
+    assert out.shape == (24, 32, 3)
+    assert np.abs(out.astype(int) - np.array(expected)).max() <= 3, out[12, 16]
+
+
+def _asymmetric(w: int, h: int) -> Image.Image:
+    """Left half red, right half blue, a green block top-left: every orientation differs."""
+    im = Image.new("RGB", (w, h), BLUE)
+    im.paste(RED, (0, 0, w // 2, h))
+    im.paste(GREEN, (0, 0, w // 4, h // 4))
+    return im
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize(
+    ("orientation", "top_left", "bottom_left"),
+    [(1, GREEN, RED), (6, RED, BLUE), (8, BLUE, GREEN), (3, BLUE, BLUE)],
+)
+def test_exif_orientation_is_applied(
+    fmt: str, orientation: int, top_left: tuple[int, ...], bottom_left: tuple[int, ...]
+) -> None:
+    data = with_exif_orientation(_asymmetric(64, 32), fmt, orientation)
+    spec = (
+        InputSpec(height=32, width=16) if orientation in (6, 8) else InputSpec(height=16, width=32)
+    )
+    out = decode(data, spec=spec)
+    assert mad(out, reference(Image.open(io.BytesIO(data)), spec, STRETCH)) < 3
+    assert np.abs(out[1, 1].astype(int) - top_left).max() < 40
+    assert np.abs(out[-2, 1].astype(int) - bottom_left).max() < 40
+
+
+def test_exif_orientation_can_be_ignored() -> None:
+    data = with_exif_orientation(_asymmetric(64, 32), "PNG", 6)
+    out = decode(
+        data,
+        spec=InputSpec(height=16, width=32),
+        pre=Preprocessing(resize="stretch", apply_exif_orientation=False),
+    )
+    assert tuple(out[1, 1]) == GREEN and tuple(out[-2, -2]) == BLUE
+
+
+# ---------------------------------------------------------------- geometry and draft
+
+
+def _centre_square_with_edge_bars() -> bytes:
+    im = Image.new("RGB", (300, 200), WHITE)
+    im.paste(RED, (100, 50, 200, 150))  # the centre
+    im.paste(GREEN, (0, 0, 20, 200))  # only visible without cropping
+    im.paste(GREEN, (280, 0, 300, 200))
+    return encode(im, "PNG")
+
+
+def test_center_crop_keeps_the_centre_and_drops_the_sides() -> None:
+    out = decode(
+        _centre_square_with_edge_bars(),
+        spec=InputSpec(height=32, width=32),
+        pre=Preprocessing(crop_fraction=1.0),
+    )
+    assert tuple(out[16, 16]) == RED and tuple(out[10, 10]) == RED  # square: the middle half
+    assert tuple(out[0, 0]) == WHITE and tuple(out[16, 0]) == WHITE  # green bars cropped away
+
+
+def test_stretch_keeps_everything() -> None:
+    out = decode(_centre_square_with_edge_bars(), spec=InputSpec(height=32, width=32), pre=STRETCH)
+    assert tuple(out[16, 16]) == RED and tuple(out[16, 0]) == GREEN and tuple(out[16, 31]) == GREEN
+    assert tuple(out[2, 16]) == WHITE  # the square covers only the middle half vertically
+
+
+@pytest.fixture(scope="module")
+def big_jpeg() -> bytes:
+    return encode(photo(1600, 1200, seed=3), "JPEG", quality=90)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+@pytest.mark.parametrize(
+    ("spec", "pre"),
+    [(InputSpec(height=64, width=64), CROP), (InputSpec(height=48, width=80), STRETCH)],
+)
+def test_jpeg_draft_path_matches_a_full_decode(
+    monkeypatch: pytest.MonkeyPatch, orientation: int, spec: InputSpec, pre: Preprocessing
+) -> None:
+    data = with_exif_orientation(photo(1600, 1200, seed=3), "JPEG", orientation)
+    scales: list[float] = []
+    real_draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(
+        self: JpegImagePlugin.JpegImageFile, mode: str | None, size: tuple[int, int] | None
+    ) -> object:
+        result = real_draft(self, mode, size)
+        scales.append(self.size[0] / 1600)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    out = decode(data, spec=spec, pre=pre)
+    assert scales and scales[0] <= 0.25  # the DCT-domain shortcut really ran
+    assert mad(out, reference(Image.open(io.BytesIO(data)), spec, pre)) < 3
+
+
+def test_decode_batch_stacks_and_names_the_failing_index() -> None:
+    items = [FORMATS["JPEG"](), FORMATS["PNG"]()]
+    out = decode_batch(items, input_spec=SPEC, preprocessing=CROP, limits=LIMITS)
+    assert out.shape == (2, 24, 32, 3) and out.dtype == np.uint8
+    assert np.array_equal(out[1], decode(items[1], pre=CROP))
+    with pytest.raises(EmptyImage, match=r"^image 1: empty image"):
+        decode_batch([items[0], b""], input_spec=SPEC, preprocessing=CROP, limits=LIMITS)
+
+
+def test_threads_give_the_same_result_as_serial(big_jpeg: bytes) -> None:
+    items = [big_jpeg, FORMATS["PNG"](), FORMATS["WEBP"](), big_jpeg] * 2
+    serial = [decode(d, pre=CROP) for d in items]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda d: decode(d, pre=CROP), items))
+    assert all(np.array_equal(a, b) for a, b in zip(serial, threaded, strict=True))
+
+
+def test_limits_from_settings() -> None:
+    s = Settings(max_image_pixels=1234, allowed_formats=("jpeg", "PNG"))
+    assert DecodeLimits.from_settings(s) == DecodeLimits(1234, ("JPEG", "PNG"))
+    with pytest.raises(ValueError, match="max_image_pixels=0"):
+        DecodeLimits(0, ("JPEG",))
+
+
+# ---------------------------------------------------------------- fuzz
+
+SEEDS = [f() for f in FORMATS.values()] + [_animated_gif(), _p_with_transparency()]
+FUZZ_LIMITS = DecodeLimits(max_image_pixels=2_000_000, allowed_formats=LIMITS.allowed_formats)
+
+
+def _only_gateway_errors(data: bytes) -> None:
+    try:
+        out = decode_image(data, input_spec=SPEC, preprocessing=CROP, limits=FUZZ_LIMITS)
+    except GatewayError as exc:
+        assert "\n" not in exc.detail
+    else:
+        assert out.shape == (24, 32, 3) and out.dtype == np.uint8
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=512))
+def test_fuzz_random_bytes_raise_only_gateway_errors(data: bytes) -> None:
+    _only_gateway_errors(data)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.sampled_from(SEEDS),
+    edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=8),
+    cut=st.floats(0.05, 1.0),
+)
+def test_fuzz_mutated_images_raise_only_gateway_errors(
+    seed: bytes, edits: list[tuple[float, int]], cut: float
+) -> None:
+    data = bytearray(seed)
+    for where, value in edits:
+        data[int(where * len(data))] = value
+    _only_gateway_errors(bytes(data[: max(1, int(len(data) * cut))]))

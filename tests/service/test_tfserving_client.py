@@ -1,0 +1,173 @@
+"""The tfserving backend (grpc.aio) against the local stand-in over real loopback gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from model_builder.manifest import MANIFEST_RELPATH
+from service.backends.contract import BackendStartupError
+from service.backends.tfserving import TFServingBackend, images_to_proto, proto_to_probabilities
+from service.errors import BackendError, BackendUnavailable, DeadlineExceeded, NotReady
+from service.standin import StandIn
+
+
+@pytest.fixture(scope="module")
+def standin(exported_model: Any) -> Iterator[StandIn]:
+    with StandIn(exported_model.model_base, exported_model.name) as server:
+        yield server
+
+
+def _client(exported_model: Any, address: str, **kwargs: Any) -> TFServingBackend:
+    options: dict[str, Any] = {
+        "address": address,
+        "model_name": exported_model.name,
+        "model_base": exported_model.model_base,
+        "connect_timeout_s": 2.0,
+        "startup_timeout_s": 5.0,
+        "ready_cache_s": 0.0,
+    }
+    options.update(kwargs)
+    return TFServingBackend(**options)
+
+
+def _images(n: int, seed: int = 2) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+
+
+async def test_predict_matches_the_keras_model(exported_model: Any, standin: StandIn) -> None:
+    backend = _client(exported_model, standin.address)
+    assert not await backend.ready()
+    await backend.start()
+    try:
+        assert await backend.ready()
+        assert backend.manifest.model_version == 1
+        for n in (1, 8):
+            images = _images(n)
+            probs = await backend.predict(images, timeout_s=10)
+            assert probs.dtype == np.float32 and probs.shape == (n, 3)
+            np.testing.assert_allclose(probs, exported_model.reference(images), atol=1e-5)
+    finally:
+        await backend.close()
+        await backend.close()  # idempotent
+    with pytest.raises(NotReady):
+        await backend.predict(_images(1), timeout_s=1)
+
+
+def test_tensor_round_trip_without_tensorflow() -> None:
+    images = _images(2)
+    proto = images_to_proto(images)
+    assert np.frombuffer(proto.tensor_content, np.uint8).reshape(2, 8, 8, 3).tolist() == (
+        images.tolist()
+    )
+    reply = images_to_proto(images)  # wrong dtype for a reply
+    with pytest.raises(BackendError, match="must be float32"):
+        proto_to_probabilities(reply, 2, 3)
+
+
+async def test_wrong_model_name_fails_start(exported_model: Any, standin: StandIn) -> None:
+    backend = _client(exported_model, standin.address, model_name="other", startup_timeout_s=1)
+    with pytest.raises(BackendStartupError, match=r"'other' not AVAILABLE.*any versions"):
+        await backend.start()
+
+
+async def test_manifest_mismatch_fails_start(
+    exported_model: Any, standin: StandIn, tmp_path: Path
+) -> None:
+    shutil.copytree(exported_model.model_base, tmp_path, dirs_exist_ok=True)
+    manifest = tmp_path / "tiny" / "1" / MANIFEST_RELPATH
+    raw = json.loads(manifest.read_text())
+    raw["input"]["height"] = 16
+    manifest.write_text(json.dumps(raw))
+    backend = _client(exported_model, standin.address, model_base=tmp_path)
+    with pytest.raises(BackendStartupError, match=r"expected uint8\[\?,16,8,3\]"):
+        await backend.start()
+
+
+async def test_deadline_shorter_than_the_call(exported_model: Any, standin: StandIn) -> None:
+    backend = _client(exported_model, standin.address)
+    await backend.start()
+    standin.delay_s = 1.0
+    try:
+        with pytest.raises(DeadlineExceeded):
+            await asyncio.wait_for(backend.predict(_images(1), timeout_s=0.2), timeout=5)
+    finally:
+        standin.delay_s = 0.0
+        await backend.close()
+
+
+async def test_server_stop_and_restart(exported_model: Any, standin: StandIn) -> None:
+    backend = _client(exported_model, standin.address)
+    await backend.start()
+    try:
+        standin.stop()
+        with pytest.raises(BackendUnavailable) as info:
+            await asyncio.wait_for(backend.predict(_images(1), timeout_s=1.0), timeout=5)
+        assert info.value.retry_after_s == 1
+        assert not await backend.ready()
+
+        standin.start()  # same port, model still loaded
+        for _ in range(50):  # the channel reconnects by itself (backoff capped at 1 s)
+            if await backend.ready():
+                break
+            await asyncio.sleep(0.2)
+        assert await backend.ready()
+        probs = await backend.predict(_images(1), timeout_s=5)
+        assert probs.shape == (1, 3)
+    finally:
+        standin.start()
+        await backend.close()
+
+
+async def test_version_gone_is_a_backend_error(
+    exported_model: Any, standin: StandIn, tmp_path: Path
+) -> None:
+    """The pinned version unloaded behind our back: NOT_FOUND -> BackendError with its message."""
+    backend = _client(exported_model, standin.address)
+    await backend.start()
+    backend._version = 9  # as if TF Serving had moved on from the version we checked
+    try:
+        with pytest.raises(BackendError, match=r"NOT_FOUND.*Servable not found"):
+            await backend.predict(_images(1), timeout_s=5)
+        assert not await backend.ready()
+    finally:
+        await backend.close()
+
+
+def _rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="boom")
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "attempts"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, BackendUnavailable, "many"),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, BackendUnavailable, "one"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded, "one"),
+        (grpc.StatusCode.INVALID_ARGUMENT, BackendError, "one"),
+        (grpc.StatusCode.NOT_FOUND, BackendError, "one"),
+        (grpc.StatusCode.INTERNAL, BackendError, "one"),
+    ],
+)
+async def test_status_codes_map_and_only_unavailable_retries(
+    code: grpc.StatusCode, error: type[Exception], attempts: str
+) -> None:
+    backend = TFServingBackend(address="127.0.0.1:1", model_name="m", model_base=Path("."))
+    calls: list[float] = []
+
+    async def rpc(left: float) -> None:
+        calls.append(left)
+        raise _rpc_error(code)
+
+    with pytest.raises(error):
+        await backend._call("Predict", rpc, timeout_s=0.5)
+    assert (len(calls) > 1) == (attempts == "many")
+    assert all(0 < left <= 0.5 for left in calls)  # each attempt gets what is left
