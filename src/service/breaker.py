@@ -51,6 +51,15 @@ class CircuitBreaker:
             return State.HALF_OPEN
         return self._state
 
+    def fail_fast(self) -> None:
+        """Raise CircuitOpen while open, without claiming the half-open probe.
+
+        For callers that are about to queue work (routes, batcher): they should not wait in a
+        queue for a server that is known to be down, but must not steal the probe either.
+        """
+        if self.state is State.OPEN:
+            raise self._open_error()
+
     def before_call(self) -> None:
         """Raise CircuitOpen unless a call may go through now (claims the half-open probe)."""
         state = self.state
@@ -60,8 +69,11 @@ class CircuitBreaker:
             self._state = State.HALF_OPEN
             self._probe_in_flight = True
             return
+        raise self._open_error()
+
+    def _open_error(self) -> CircuitOpen:
         wait = max(0.0, self.reset_s - (self._clock() - self._opened_at))
-        raise CircuitOpen(
+        return CircuitOpen(
             f"model server failed {self._failures} times in a row; failing fast until a probe "
             f"succeeds (next probe in {wait:.1f}s)",
             retry_after_s=max(1, math.ceil(wait)),
@@ -84,3 +96,9 @@ class CircuitBreaker:
     def record_neutral(self) -> None:
         """A call that ended without telling us anything about the server (e.g. cancelled)."""
         self._probe_in_flight = False
+
+
+def breaker_of(backend: object) -> CircuitBreaker | None:
+    """The backend's breaker, if it has one (tfserving does; embedded has no remote to lose)."""
+    breaker = getattr(backend, "breaker", None)
+    return breaker if isinstance(breaker, CircuitBreaker) else None
