@@ -1,7 +1,8 @@
 """`create_app(settings)`: the FastAPI gateway, its middleware, its one error mapping, its lifespan.
 
-Middleware, outermost first: RequestContext (X-Request-ID, latency metrics, last-resort 500)
--> BodySizeLimit (413 while streaming) -> [CORS] -> FastAPI. Every error, whether raised by a
+Middleware, outermost first: RequestContext (X-Request-ID, latency metrics, access log,
+last-resort 500) -> [CORS] -> AccessGuard (API keys 401, rate limit 429, `/v1/` only)
+-> BodySizeLimit (413 while streaming) -> FastAPI. Every error, whether raised by a
 route, by request validation, by routing (404/405) or by a bug, becomes
 `{"error", "detail", "request_id"}` through `error_response`, the one mapping.
 """
@@ -12,8 +13,9 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,7 +28,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from resnet_serving import __version__
 from service import health, routes
+from service.auth import ApiKeys
 from service.backends.base import Backend
+from service.backends.contract import BackendStartupError
 from service.batcher import MicroBatcher
 from service.decode import DecodeLimits
 from service.errors import (
@@ -38,6 +42,8 @@ from service.errors import (
 )
 from service.limits import BodySizeLimit
 from service.metrics import GatewayMetrics
+from service.middleware import AccessGuard, access_log
+from service.ratelimit import RateLimiter
 from service.settings import Settings
 from service.state import GatewayState
 
@@ -47,8 +53,18 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
-def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> FastAPI:
-    """The gateway app. `backend` overrides the one `settings` would make (tests, benchmarks)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    backend: Backend | None = None,
+    on_fatal: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """The gateway app. `backend` overrides the one `settings` would make (tests, benchmarks).
+
+    `on_fatal(reason)` is called when the embedded model cannot load: a gateway that can never
+    serve should exit (the server stops and reports it) rather than stay half alive. Without it
+    the failure shows on `/readyz` only. The tfserving backend keeps waiting for its server.
+    """
     settings = settings or Settings()
     if backend is None:
         from service.backends.factory import make_backend
@@ -70,21 +86,32 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         lifespan=_lifespan,
     )
     app.state.gateway = state
+    app.state.on_fatal = on_fatal
+    app.state.drain_deadline = None  # loop.time() bound for the drain, set on SIGTERM (server.py)
     app.include_router(routes.router)
     app.include_router(health.router)
     for exc_type in (GatewayError, RequestValidationError, StarletteHTTPException):
         app.add_exception_handler(exc_type, _handle_error)
-    if settings.cors_allow_origins:
+    # add_middleware wraps: the last one added is the outermost.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    limiter = (
+        RateLimiter(rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst)
+        if settings.rate_limit_per_s > 0
+        else None
+    )
+    app.add_middleware(
+        AccessGuard, keys=ApiKeys(settings.api_keys), limiter=limiter, respond=error_response
+    )
+    if settings.cors_allow_origins:  # off unless an allow-list is set; never a wildcard default
         from starlette.middleware.cors import CORSMiddleware
 
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_allow_origins),
             allow_methods=["GET", "POST"],
-            allow_headers=["*"],
+            allow_headers=["Content-Type", "Authorization", "X-API-Key", REQUEST_ID_HEADER],
             expose_headers=[REQUEST_ID_HEADER, "Server-Timing", "Retry-After"],
         )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestContext, metrics=metrics)
     return app
 
@@ -92,8 +119,9 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: GatewayState = app.state.gateway
+    app.state.loop = asyncio.get_running_loop()  # for the signal handler's drain deadline
     # Start in the background: /livez answers at once, /readyz turns 200 once the model is warm.
-    starting = asyncio.create_task(_start_backend(state), name="backend-start")
+    starting = asyncio.create_task(_start_backend(state, app.state.on_fatal), name="backend-start")
     try:
         yield
     finally:
@@ -102,12 +130,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await starting
         if state.batcher is not None:
-            await state.batcher.close(drain=True, timeout_s=state.settings.drain_timeout_s)
+            # What is left of the drain budget since SIGTERM (uvicorn already waited for the
+            # requests in flight), so the whole shutdown stays within drain_timeout_s.
+            budget = state.settings.drain_timeout_s
+            deadline = app.state.drain_deadline
+            if deadline is not None:
+                budget = max(0.0, min(budget, deadline - asyncio.get_running_loop().time()))
+            await state.batcher.close(drain=True, timeout_s=budget)
         await state.backend.close()
         state.decode_pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def _start_backend(state: GatewayState) -> None:
+async def _start_backend(state: GatewayState, on_fatal: Callable[[str], None] | None) -> None:
     s = state.settings
     try:
         await asyncio.wait_for(state.backend.start(), s.startup_timeout_s)
@@ -133,12 +167,17 @@ async def _start_backend(state: GatewayState) -> None:
         )
     except asyncio.CancelledError:
         raise
-    except TimeoutError:
-        state.start_error = f"backend did not start within {s.startup_timeout_s} s"
-        log.error(state.start_error)
     except Exception as exc:
-        state.start_error = f"backend failed to start: {exc}"
-        log.exception("backend failed to start")
+        if isinstance(exc, TimeoutError):
+            state.start_error = f"backend did not start within {s.startup_timeout_s:g} s"
+        else:
+            state.start_error = f"backend failed to start: {exc}"
+        if on_fatal is not None and state.backend.name == "embedded":
+            on_fatal(state.start_error)  # the caller reports it as the one error line
+        elif isinstance(exc, BackendStartupError | TimeoutError):  # one clear line already
+            log.error(state.start_error)
+        else:
+            log.exception("backend failed to start")
 
 
 def error_response(exc: BaseException, request_id: str | None) -> JSONResponse:
@@ -196,6 +235,7 @@ class RequestContext:
         ctx["started"] = loop.time()
         status = 500
         started = False
+        t0 = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
@@ -218,6 +258,7 @@ class RequestContext:
             self.metrics.observe_request(
                 route, scope["method"], status, loop.time() - ctx["started"], ctx.get("error_code")
             )
+            access_log(scope, status, time.perf_counter() - t0, request_id, ctx.get("key_id"))
 
 
 def _request_id(scope: Scope) -> str:

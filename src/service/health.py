@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from service.breaker import State, breaker_of
 from service.errors import NotReady
 from service.metrics import CONTENT_TYPE
 from service.state import StateDep
@@ -33,6 +34,9 @@ async def readyz(state: StateDep) -> dict[str, Any]:
     retry = state.settings.retry_after_s
     if not batcher.running:
         raise NotReady("the micro-batcher is not running", retry_after_s=retry)
+    breaker = breaker_of(state.backend)
+    if breaker is not None and breaker.state is State.OPEN:
+        raise NotReady("the circuit to the model server is open", retry_after_s=retry)
     try:
         ok = await asyncio.wait_for(state.backend.ready(), _READY_PROBE_TIMEOUT_S)
     except Exception:  # TimeoutError or a backend failure: both mean not ready

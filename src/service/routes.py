@@ -22,6 +22,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from model_builder.manifest import Manifest
+from service.breaker import breaker_of
 from service.decode import DecodeLimits, decode_image
 from service.errors import (
     BadBase64,
@@ -163,6 +164,9 @@ async def _classify(request: Request, state: StateDep, top_k: int | None) -> JSO
     deadline = started + state.settings.request_timeout_s
     batcher, manifest = state.serving()
     k = _resolve_top_k(top_k, state.settings, manifest)
+    breaker = breaker_of(state.backend)
+    if breaker is not None:  # model server known down: 503 now, not after a wait in the queue
+        breaker.fail_fast()
 
     blobs = await read_images(request, state.settings)
     limits = state.decode_limits
@@ -298,7 +302,7 @@ def _read_json(body: bytes, settings: Settings) -> list[bytes]:
         raise EmptyImage("empty JSON body")
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting is hostile too
         raise BadRequest('body is not valid JSON: expected {"images": ["<base64>", ...]}') from None
     images = doc.get("images") if isinstance(doc, dict) else None
     if not isinstance(images, list) or not all(isinstance(s, str) for s in images):

@@ -3,8 +3,9 @@
 TensorFlow itself is never imported here: requests are built straight from the numpy buffer
 (`tensor_content`) and replies parsed with numpy. Every RPC goes through `_call`, which
 gives it what is left of the request's budget as its gRPC deadline, retries only
-UNAVAILABLE while time remains, and maps status codes onto `service.errors` (the seam for
-a circuit breaker).
+UNAVAILABLE while time remains, and maps status codes onto `service.errors`. A circuit
+breaker sits in that seam: every UNAVAILABLE attempt counts as a failure, any answer from the
+server closes it, and while it is open calls fail fast with 503 `circuit_open`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from tensorflow_serving.apis import (
 
 from model_builder.manifest import INPUT_PIXELS, OUTPUT_PROBABILITIES, SIGNATURE_PIXELS, Manifest
 from service.backends.contract import BackendStartupError, TensorSig, check_signature, load_manifest
-from service.errors import BackendError, BackendUnavailable, DeadlineExceeded, NotReady
+from service.breaker import CircuitBreaker, State
+from service.errors import BackendError, BackendUnavailable, DeadlineExceeded, NotReady, Unavailable
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -111,6 +113,7 @@ class TFServingBackend:
         retry_backoff_s: float = 0.05,
         keepalive_time_s: float = 30.0,
         keepalive_timeout_s: float = 10.0,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._address = address
         self._model_name = model_name
@@ -131,6 +134,7 @@ class TFServingBackend:
         )
         self._ready_at = 0.0
         self._ready_value = False
+        self.breaker = breaker or CircuitBreaker()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TFServingBackend:
@@ -142,6 +146,10 @@ class TFServingBackend:
             connect_timeout_s=settings.backend_connect_timeout_s,
             startup_timeout_s=settings.startup_timeout_s,
             retry_after_s=settings.retry_after_s,
+            breaker=CircuitBreaker(
+                failure_threshold=settings.breaker_failure_threshold,
+                reset_s=settings.breaker_reset_s,
+            ),
         )
 
     @property
@@ -181,23 +189,39 @@ class TFServingBackend:
     async def _call(
         self, what: str, rpc: Callable[[float], Awaitable[T]], *, timeout_s: float
     ) -> T:
-        """Run `rpc(deadline_left)`, retrying UNAVAILABLE with backoff while time remains."""
+        """Run `rpc(deadline_left)`, retrying UNAVAILABLE with backoff while time remains.
+
+        Each attempt asks the breaker first (CircuitOpen while it is open) and reports back:
+        UNAVAILABLE is a failure, any answer from the server a success, cancellation neither.
+        """
         deadline = time.monotonic() + timeout_s
         backoff = self._retry_backoff_s
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DeadlineExceeded(f"{what}: no time left for TF Serving at {self._address}")
+            self.breaker.before_call()
             try:
-                return await rpc(left)
+                result = await rpc(left)
             except grpc.aio.AioRpcError as exc:
                 code, details = exc.code(), exc.details() or ""
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    self.breaker.record_failure()
+                elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    self.breaker.record_neutral()  # slow is not down; the deadline is ours
+                else:
+                    self.breaker.record_success()  # it answered: the server is up
                 left = deadline - time.monotonic()
                 if code == grpc.StatusCode.UNAVAILABLE and left > backoff * 2:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 0.5)
                     continue
                 raise self._map_error(what, code, details) from None
+            except BaseException:
+                self.breaker.record_neutral()  # cancelled: says nothing about the server
+                raise
+            self.breaker.record_success()
+            return result
 
     def _map_error(self, what: str, code: grpc.StatusCode, details: str) -> Exception:
         where = f"TF Serving at {self._address}"
@@ -246,8 +270,8 @@ class TFServingBackend:
                 if versions:
                     return max(versions)
                 reason = "no version is AVAILABLE yet"
-            except (BackendUnavailable, DeadlineExceeded, BackendError) as exc:
-                reason = exc.detail  # NOT_FOUND while TF Serving is still loading
+            except (Unavailable, DeadlineExceeded, BackendError) as exc:
+                reason = exc.detail  # NOT_FOUND while loading; circuit_open while it is down
             if time.monotonic() + 0.5 > deadline:
                 raise BackendStartupError(
                     f"model {self._model_name!r} not AVAILABLE at {self._address} within "
@@ -323,7 +347,7 @@ class TFServingBackend:
 
     async def ready(self) -> bool:
         """The pinned version is AVAILABLE (asked at most once per `ready_cache_s`)."""
-        if self._manifest is None or self._channel is None:
+        if self._manifest is None or self._channel is None or self.breaker.state is State.OPEN:
             return False
         now = time.monotonic()
         if now - self._ready_at < self._ready_cache_s:
@@ -333,7 +357,7 @@ class TFServingBackend:
                 self._version, min(1.0, self._connect_timeout_s)
             )
             value = self._version in versions
-        except (BackendUnavailable, DeadlineExceeded, BackendError):
+        except (Unavailable, DeadlineExceeded, BackendError):  # circuit_open included
             value = False
         self._ready_at, self._ready_value = time.monotonic(), value
         return value

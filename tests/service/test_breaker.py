@@ -1,0 +1,60 @@
+"""Circuit breaker state machine, driven by a fake clock (time is the only thing mocked)."""
+
+import pytest
+
+from service.breaker import CircuitBreaker, State
+from service.errors import CircuitOpen
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_opens_after_threshold_and_fails_fast() -> None:
+    clock = Clock()
+    cb = CircuitBreaker(failure_threshold=3, reset_s=2.0, clock=clock)
+    for _ in range(2):
+        cb.before_call()
+        cb.record_failure()
+    assert cb.state is State.CLOSED
+    cb.before_call()
+    cb.record_failure()
+    assert cb.state is State.OPEN
+    with pytest.raises(CircuitOpen) as exc:
+        cb.before_call()
+    assert exc.value.status == 503
+    assert exc.value.headers() == {"Retry-After": "2"}
+
+
+def test_success_resets_the_count() -> None:
+    cb = CircuitBreaker(failure_threshold=2, reset_s=1.0, clock=Clock())
+    cb.record_failure()
+    cb.record_success()
+    cb.record_failure()
+    assert cb.state is State.CLOSED
+
+
+@pytest.mark.parametrize(("probe_ok", "final"), [(True, State.CLOSED), (False, State.OPEN)])
+def test_half_open_lets_one_probe_through(probe_ok: bool, final: State) -> None:
+    clock = Clock()
+    cb = CircuitBreaker(failure_threshold=1, reset_s=2.0, clock=clock)
+    cb.record_failure()
+    clock.t += 2.0
+    assert cb.state is State.HALF_OPEN
+    cb.before_call()  # the probe
+    with pytest.raises(CircuitOpen):
+        cb.before_call()  # a second caller while the probe is out
+    if probe_ok:
+        cb.record_success()
+    else:
+        cb.record_failure()
+    assert cb.state is final
+
+
+def test_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="Received"):
+        CircuitBreaker(failure_threshold=0)
