@@ -52,23 +52,19 @@ def train_demo(run_dir: Path, *, seed: int = 0, log: Log = print, **overrides: A
 
 
 def _export(model: Any, model_base: Path, name: str, version: int, run_dir: Path) -> Path:
-    """The one call site of `model_builder.export.export_model`."""
-    from model_builder.export import export_model  # type: ignore[import-not-found,unused-ignore]
+    from model_builder.export import export_model
 
     info = load_run_info(run_dir)
-    return Path(
-        export_model(model, model_base=model_base, name=name, version=version, run_info=info)
-    )
+    return export_model(model, model_base=model_base, name=name, version=version, run_info=info)
 
 
 def _verify(version_dir: Path, run_dir: Path, log: Log) -> None:
-    try:
-        from model_builder.verify import verify_export  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        log("verify: model_builder.verify is not available, skipped")
-        return
+    """Run `verify`'s checks; a failed check raises VerifyError (one line per check)."""
+    from model_builder.verify import verify_export
+
     report = verify_export(version_dir, run_dir)
-    log(f"verify: {report}" if report is not None else "verify: ok")
+    for line in report.lines():
+        log(f"verify: {line}")
 
 
 def run_demo(
