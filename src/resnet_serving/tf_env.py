@@ -34,4 +34,6 @@ def import_tensorflow_quietly() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with _stderr_silenced(), contextlib.suppress(Exception):
         import tensorflow
+
+        tensorflow.config.list_physical_devices()  # the CUDA probe logs "cuInit" here, not at import
     import tensorflow  # noqa: F401  (raises here, visibly, if the quiet import failed)
