@@ -124,7 +124,6 @@ def test_make_dataset_examples_and_refusal(tmp_path: Path) -> None:
 
 def test_demo_trains_exports_and_refuses_to_overwrite(tmp_path: Path) -> None:
     """The demo recipe, shrunk to seconds, through the real export (in-process: no TF start)."""
-    pytest.importorskip("model_builder.export", reason="model_builder.export not merged yet")
     from model_builder.demo import run_demo
     from model_builder.manifest import read_manifest
 
@@ -139,6 +138,7 @@ def test_demo_trains_exports_and_refuses_to_overwrite(tmp_path: Path) -> None:
     assert (tmp_path / "runs" / "demo-1" / "run.json").is_file()  # the run is kept, complete
     assert not [p for p in (tmp_path / "runs").iterdir() if p.name.startswith(".")]
     assert any(line.startswith("demo: exporting") for line in lines)
+    assert any(line.startswith("verify: [PASS] warmup") for line in lines), lines
 
     with pytest.raises(
         ModelBuilderError, match=r"already exists: remove it or pass another --version"
