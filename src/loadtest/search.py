@@ -42,13 +42,11 @@ def step_passes(step: dict[str, Any], p99_target_ms: float, max_error_rate: floa
     its latencies already include the lag (they count from the due time)."""
     p99 = step["latency_ms"].get("p99_ms")
     kept_up = step["offered_rate"] is None or step["throughput_rps"] >= 0.9 * step["offered_rate"]
-    behind = bool((step.get("schedule") or {}).get("behind"))
     return (
         p99 is not None
         and p99 <= p99_target_ms
         and step["error_rate"] <= max_error_rate
         and kept_up
-        and not behind
     )
 
 
