@@ -36,4 +36,4 @@ def import_tensorflow_quietly() -> None:
         import tensorflow
 
         tensorflow.config.list_physical_devices()  # the CUDA probe logs "cuInit" here, not at import
-    import tensorflow  # noqa: F401  (raises here, visibly, if the quiet import failed)
+    import tensorflow  # raises here, visibly, if the quiet import failed
