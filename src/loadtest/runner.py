@@ -17,10 +17,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from loadtest import payloads
 from loadtest.engine import StepSpec
 from loadtest.errors import LoadTestError
+from loadtest.eventloop import run_loop
 from loadtest.report import new_result
 from loadtest.search import find_max_rate, parse_ramp, parse_rates
 from loadtest.targets import GrpcRecipe, HttpRecipe, Recipe, parse_url
-from loadtest.eventloop import run_loop
 from loadtest.workers import LocalRunner, WorkerPool
 
 T = TypeVar("T")
