@@ -238,7 +238,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             per += args.requests / (args.rate or args.start_rate)
         args.hard_timeout = n * per + 30.0
     console = Console(width=max(Console().width, 130))
-    result = run_async(execute(args, console))
+    result = run_async(execute(args, console), open_loop=args.concurrency is None)
     print_summary(result, console)
     if args.out:
         for path in write_outputs(result, Path(args.out)):

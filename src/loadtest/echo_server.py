@@ -120,7 +120,11 @@ class EchoServer:
     async def start(self, port: int = 0, *, reuse_port: bool = False) -> int:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Handler(self), "127.0.0.1", port, reuse_port=reuse_port or None
+            lambda: _Handler(self),
+            "127.0.0.1",
+            port,
+            reuse_port=reuse_port or None,
+            backlog=4096,  # like uvicorn's 2048+: a connection burst must not drop SYNs
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port

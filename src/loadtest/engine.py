@@ -126,6 +126,21 @@ def schedule(spec: StepSpec, t0: float, window_start: float) -> Iterator[tuple[i
         due = due + rng.expovariate(spec.rate) if poisson else t0 + k * mean
 
 
+async def wait_until(due: float) -> None:
+    """Return at `due` (perf_counter), never before it.
+
+    On the precise loop (eventloop.PreciseEpollSelector) one sleep wakes within tens of µs.
+    Stock loops tick in whole ms and uvloop's timers can fire up to ~1 ms early, which would
+    send requests before they are due and report latencies that are too small (even
+    negative): so sleep again for whatever is left.
+    """
+    while True:
+        delay = due - now()
+        if delay <= 0:
+            return
+        await asyncio.sleep(delay)
+
+
 async def _watchdog(target: Target, tick: float) -> None:
     while True:
         await asyncio.sleep(tick)
@@ -162,15 +177,15 @@ async def measure(target: Target, spec: StepSpec, t0: float, *, index: int = 0, 
     timeout = spec.timeout_s
     watchdog = asyncio.ensure_future(_watchdog(target, min(0.05, timeout / 20)))
     gc.collect()
+    cpu0 = time.process_time()
     gc.disable()  # a full collection mid-step is a multi-ms stall that we would measure
     try:
         if spec.open_loop:
             for k, due in schedule(spec, t0, window_start):
                 if k % workers != index:
                     continue
-                delay = due - now()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                if due > now():
+                    await wait_until(due)
                 if due >= window_start:
                     live.measuring = True
                     state["last"] = due
@@ -215,6 +230,8 @@ async def measure(target: Target, spec: StepSpec, t0: float, *, index: int = 0, 
         gc.enable()
         watchdog.cancel()
     rec.conn_waits = target.waits - waits_before
+    rec.cpu_s = time.process_time() - cpu0
+    rec.issued = live.started
     part = rec.partial()
     part["last_s"] = state["last"] - window_start
     return part

@@ -22,6 +22,11 @@ from typing import Any, cast
 
 IDLE_REUSE_S = 4.0  # servers close idle keep-alive connections (uvicorn after 5 s)
 MAX_HEAD = 65536
+# Connection attempts in flight at once. A generator that fell behind (preempted, or a server
+# stall) has a burst of due requests; opening a connection for each at once overflows the
+# server's listen backlog, dropped SYNs are retried after 1 s, and the run collapses into
+# seconds-long latencies. Requests beyond this wait (counted) for a connection instead.
+MAX_CONNECTING = 32
 
 # done(due, sent, done, status, ok, error, server_timing)
 DoneFn = Callable[[float, float, float, Any, bool, "str | None", "bytes | None"], None]
@@ -204,6 +209,7 @@ class HttpPool:
         self._pending: deque[tuple[bytes, float, float, float, DoneFn]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._open = 0
+        self._connecting = 0
         self.waits = 0
 
     async def _connect(self) -> _Conn:
@@ -231,27 +237,36 @@ class HttpPool:
             conn.begin(payload, due, deadline, cb)
             return
         self._pending.append((payload, due, deadline, t, cb))
-        if self._open < self.max_connections:
-            self._open_one()
-        else:
+        if not self._grow():
             self.waits += 1
 
-    def _open_one(self) -> None:
+    def _grow(self) -> bool:
+        """Open one more connection if requests wait for one and both caps allow it."""
+        if (len(self._pending) <= self._connecting or self._open >= self.max_connections
+                or self._connecting >= MAX_CONNECTING):  # fmt: skip
+            return False
         self._open += 1
+        self._connecting += 1
         task = asyncio.ensure_future(self._connect_one())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return True
 
     async def _connect_one(self) -> None:
         try:
             conn = await self._connect()
         except (OSError, TimeoutError) as exc:
             self._open -= 1
+            self._connecting -= 1
             if self._pending:  # the request that asked for this connection fails
                 _, due, _, queued, cb = self._pending.popleft()
                 cb(due, queued, now(), None, False, error_kind(exc), None)
+            self._grow()
             return
+        self._connecting -= 1
         self.release(conn)
+        while self._grow():  # a burst still waiting: keep opening, MAX_CONNECTING at a time
+            pass
 
     def release(self, conn: _Conn) -> None:
         """A connection became free: give it to the oldest waiting request, or park it."""
@@ -281,8 +296,8 @@ class HttpPool:
             conn.transport.close()
         conn.closed = True
         self._open -= 1
-        if reopen and self._pending and self._open < self.max_connections:
-            self._open_one()
+        if reopen:
+            self._grow()
 
     def expire(self, t: float) -> None:
         """Fail every request whose deadline has passed (in flight or still waiting)."""

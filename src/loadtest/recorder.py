@@ -41,6 +41,8 @@ class StepRecorder:
         self.transport_errors: dict[str, int] = {}
         self.timings: dict[bytes | str, int] = {}
         self.conn_waits = 0
+        self.cpu_s = 0.0  # this process's CPU time over the whole step (warm-up included)
+        self.issued = 0  # requests it sent over the whole step
         self.sent = 0
         self.last_done = window_start
         # Per measured request: due offset, latency, done offset (ok ones), send lag (all).
@@ -106,6 +108,8 @@ class StepRecorder:
             "ok": self.ok,
             "late": int(np.count_nonzero(lag * 1000.0 > LATE_THRESHOLD_MS)),
             "conn_waits": self.conn_waits,
+            "cpu_s": self.cpu_s,
+            "issued": self.issued,
             "last_done_s": self.last_done - self.window_start,
             "status_counts": {str(k): v for k, v in self.status_counts.items()},
             "transport_errors": dict(self.transport_errors),
@@ -121,7 +125,8 @@ class StepTotals:
     """The sum of one step's partials (one per process), and its summary."""
 
     def __init__(self) -> None:
-        self.sent = self.ok = self.late = self.conn_waits = 0
+        self.sent = self.ok = self.late = self.conn_waits = self.issued = 0
+        self.cpu_s = 0.0
         self.last_done_s = 0.0
         self.status_counts: dict[str, int] = {}
         self.transport_errors: dict[str, int] = {}
@@ -132,7 +137,7 @@ class StepTotals:
         self.completed: dict[int, int] = {}
 
     def add(self, part: dict[str, Any]) -> None:
-        for key in ("sent", "ok", "late", "conn_waits"):
+        for key in ("sent", "ok", "late", "conn_waits", "cpu_s", "issued"):
             setattr(self, key, getattr(self, key) + part[key])
         self.last_done_s = max(self.last_done_s, part["last_done_s"])
         for mine, theirs in ((self.status_counts, part["status_counts"]),
@@ -202,5 +207,11 @@ class StepTotals:
             "stages_ms": {name: h.summary() for name, h in sorted(self.stages.items())},
             "schedule": schedule,
             "timeseries": self.timeseries(),
+            "generator": {  # CPU the generator spent per request: its ceiling is ~1e6 / this per core
+                "cpu_s": round(self.cpu_s, 3),
+                "cpu_us_per_request": round(self.cpu_s / self.issued * 1e6, 1)
+                if self.issued
+                else None,
+            },
             "warnings": warnings,
         }

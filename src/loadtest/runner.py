@@ -17,22 +17,27 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from loadtest import payloads
 from loadtest.engine import StepSpec
 from loadtest.errors import LoadTestError
+from loadtest.eventloop import run_loop
 from loadtest.report import new_result
 from loadtest.search import find_max_rate, parse_ramp, parse_rates
 from loadtest.targets import GrpcRecipe, HttpRecipe, Recipe, parse_url
-from loadtest.workers import LocalRunner, WorkerPool, run_loop
+from loadtest.workers import LocalRunner, WorkerPool
 
 T = TypeVar("T")
 Runner = LocalRunner | WorkerPool
 
 
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop when available (less CPU per request), else asyncio."""
-    return run_loop(coro)
+def run_async(coro: Coroutine[Any, Any, T], *, open_loop: bool = False) -> T:
+    """Run the command's loop: precise timers for open loop, uvloop for closed (eventloop)."""
+    return run_loop(coro, precise_timers=open_loop)
 
 
-def make_runner(recipe: Recipe, workers: int) -> Runner:
-    return LocalRunner(recipe) if workers <= 1 else WorkerPool(recipe, workers)
+def make_runner(recipe: Recipe, workers: int, *, open_loop: bool = False) -> Runner:
+    """This process (its loop was picked by run_async) or `workers` processes with the
+    event loop that suits the load shape."""
+    if workers <= 1:
+        return LocalRunner(recipe)
+    return WorkerPool(recipe, workers, precise_timers=open_loop)
 
 
 def images_from_args(args: argparse.Namespace) -> list[payloads.Image]:
@@ -122,7 +127,7 @@ async def execute(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         or max(64, min(20_000, int(peak * args.timeout) + 1))
     )
     workers = min(args.workers, args.concurrency or args.workers)  # at least one client each
-    runner = make_runner(build_recipe(args, max_conn), workers)
+    runner = make_runner(build_recipe(args, max_conn), workers, open_loop=args.concurrency is None)
     try:
         await runner.start()
     except BaseException:

@@ -38,8 +38,8 @@ def parse_ramp(text: str) -> list[float]:
 def step_passes(step: dict[str, Any], p99_target_ms: float, max_error_rate: float) -> bool:
     """A rate is sustained if p99 <= target, errors are rare and throughput kept up.
 
-    A generator that fell behind is reported as a warning on the step, not a failure here:
-    its latencies already include the lag (they count from the due time)."""
+    A step whose generator fell behind fails too: the rate was not really offered, so it
+    cannot count as sustained (its latencies already include the lag)."""
     p99 = step["latency_ms"].get("p99_ms")
     kept_up = step["offered_rate"] is None or step["throughput_rps"] >= 0.9 * step["offered_rate"]
     return (

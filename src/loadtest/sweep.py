@@ -257,14 +257,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         recipe = build_recipe(
             args, args.max_connections or max(64, int(args.rate * args.timeout) + 1)
         )
-        runner = make_runner(recipe, args.workers)
+        runner = make_runner(recipe, args.workers, open_loop=True)
         try:
             await runner.start()
             return await _with_progress(runner, dataclasses.replace(spec), console, args.quiet)
         finally:
             await runner.close()
 
-    doc = run_async(sweep(args, measure))
+    doc = run_async(sweep(args, measure), open_loop=True)
     for pt in doc["points"]:
         s = pt["step"]
         setting = pt.get("gateway") or pt.get("tfs")

@@ -20,20 +20,12 @@ from typing import Any
 
 from loadtest.engine import Live, StepSpec, measure, summarise
 from loadtest.errors import LoadTestError
+from loadtest.eventloop import run_loop
 from loadtest.targets import Recipe, Target
 
 START_LEAD_S = 0.1  # t0 is this far ahead when the step is sent: every worker is ready by then
 READY_TIMEOUT_S = 60.0  # spawning imports numpy, hdrh, uvloop (and grpc) per worker
 PUBLISH_S = 0.1
-
-
-def run_loop(coro: Any) -> Any:
-    """Run on uvloop when available (less CPU per request), else asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 async def _check(target: Target) -> str | None:
@@ -67,7 +59,8 @@ class LocalRunner:
         await self.target.close()
 
 
-def _worker(index: int, workers: int, recipe: Recipe, conn: Connection, counters: Any) -> None:
+def _worker(index: int, workers: int, recipe: Recipe, conn: Connection, counters: Any,
+            precise_timers: bool) -> None:  # fmt: skip
     """A worker process: build the target, say ready, then run steps until told to stop."""
 
     async def main() -> None:
@@ -97,7 +90,7 @@ def _worker(index: int, workers: int, recipe: Recipe, conn: Connection, counters
         await target.close()
 
     try:
-        run_loop(main())
+        run_loop(main(), precise_timers=precise_timers)
     except KeyboardInterrupt:
         pass
     finally:
@@ -107,7 +100,7 @@ def _worker(index: int, workers: int, recipe: Recipe, conn: Connection, counters
 class WorkerPool:
     """N spawned worker processes that run every step together."""
 
-    def __init__(self, recipe: Recipe, workers: int) -> None:
+    def __init__(self, recipe: Recipe, workers: int, *, precise_timers: bool = False) -> None:
         ctx = mp.get_context("spawn")  # no forked event loops, threads or TensorFlow state
         self.workers = workers
         self.counters = ctx.Array("q", 3 * workers, lock=False)
@@ -116,7 +109,7 @@ class WorkerPool:
         self._describe: dict[str, Any] = {}
         for i in range(workers):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(i, workers, recipe, child, self.counters),
+            proc = ctx.Process(target=_worker, args=(i, workers, recipe, child, self.counters, precise_timers),
                                name=f"loadtest-worker-{i}", daemon=True)  # fmt: skip
             self.conns.append(parent)
             self.procs.append(proc)
