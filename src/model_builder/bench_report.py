@@ -15,8 +15,9 @@ from typing import Any
 
 WHAT = "exported SavedModel serving_default called in-process (no HTTP, not TF Serving)"
 _RESULT_COLS = ("precision", "xla", "fold", "batch", "calls", "images/s", "median ms", "p99 ms",
-                "1st call s")  # fmt: skip
-_RATIO_COLS = ("ratio", "batch", "held fixed", "images/s", "per round", "median ms")
+                "images/cpu-s", "1st call s")  # fmt: skip
+_RATIO_COLS = ("ratio", "batch", "held fixed", "images/s", "per round", "median ms",
+               "images/cpu-s")  # fmt: skip
 _PARITY_COLS = ("folded", "unfolded", "top-1 agree", "max abs prob diff", "max rel prob diff",
                 "max prob")  # fmt: skip
 
@@ -79,12 +80,13 @@ def _rows(report: dict[str, Any]) -> tuple[list[list[str]], list[list[str]], lis
     results = [
         [p["precision"], onoff[p["xla"]], onoff[p["fold"]], str(p["batch"]), str(p["calls"]),
          f"{p['images_per_s']:.1f}", f"{p['median_ms']:.2f}", f"{p['p99_ms']:.2f}",
-         f"{p['first_call_s']:.1f}"]
+         f"{p['images_per_cpu_s']:.1f}", f"{p['first_call_s']:.1f}"]
         for p in report["results"]
     ]  # fmt: skip
     ratios = [
         [r["ratio"], str(r["batch"]), r["held_fixed"], f"{r['images_per_s']:.2f}",
-         "{:.2f}-{:.2f}".format(*r["images_per_s_rounds"]), f"{r['median_ms']:.2f}"]
+         "{:.2f}-{:.2f}".format(*r["images_per_s_rounds"]), f"{r['median_ms']:.2f}",
+         f"{r['images_per_cpu_s']:.2f}"]
         for r in report["ratios"]
     ]  # fmt: skip
     parity = [
@@ -124,7 +126,7 @@ def render(report: dict[str, Any]) -> Any:
     return Group(*tables)
 
 
-_NUMERIC = {"batch", "calls", "images/s", "median ms", "p99 ms", "1st call s"}
+_NUMERIC = {"batch", "calls", "images/s", "median ms", "p99 ms", "images/cpu-s", "1st call s"}
 
 
 def to_markdown(report: dict[str, Any]) -> str:

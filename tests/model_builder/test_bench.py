@@ -14,7 +14,8 @@ from resnet_serving.cli import main
 
 BUCKETS = (1, 2)
 POINT_KEYS = {"variant", "precision", "xla", "fold", "batch", "calls", "images_per_s",
-              "median_ms", "p99_ms", "first_call_s", "round_images_per_s"}  # fmt: skip
+              "median_ms", "p99_ms", "first_call_s", "round_images_per_s",
+              "images_per_cpu_s"}  # fmt: skip
 
 
 def _tiny_conv_bn() -> Any:
@@ -55,6 +56,7 @@ def test_report_has_a_point_per_variant_and_batch(report: dict[str, Any]) -> Non
         assert p["calls"] >= 2  # at least one timed call per round
         assert p["images_per_s"] > 0 and 0 < p["median_ms"] <= p["p99_ms"]
         assert len(p["round_images_per_s"]) == 2 and min(p["round_images_per_s"]) > 0
+        assert p["images_per_cpu_s"] > 0
     json.loads(json.dumps(report))  # JSON-able as written by --out
 
 
@@ -68,8 +70,11 @@ def test_ratios_pair_variants_that_differ_in_one_knob(report: dict[str, Any], kn
         assert r["images_per_s"] == round(num["images_per_s"] / den["images_per_s"], 3)
         differ = {k for k in ("xla", "fold") if num[k] != den[k]}
         assert differ == {knob.split()[0]}
-        per_round = [a / b for a, b in zip(num["round_images_per_s"], den["round_images_per_s"])]
+        per_round = [
+            a / b for a, b in zip(num["round_images_per_s"], den["round_images_per_s"], strict=True)
+        ]
         assert r["images_per_s_rounds"] == [round(min(per_round), 3), round(max(per_round), 3)]
+        assert r["images_per_cpu_s"] == round(num["images_per_cpu_s"] / den["images_per_cpu_s"], 3)
 
 
 def test_folded_export_matches_unfolded(report: dict[str, Any]) -> None:
