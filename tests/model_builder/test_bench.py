@@ -98,8 +98,8 @@ def test_cli_times_an_existing_export_as_is(exported_model: Any, tmp_path: Path)
     assert main([*argv, "--out", str(out), "--markdown", str(tmp_path / "r.md")]) == 0
     written = json.loads(out.read_text())
     assert [(p["batch"], p["xla"], p["fold"]) for p in written["results"]] == [
-        (1, True, False),
-        (2, True, False),
+        (1, True, True),  # export's defaults: XLA on, BatchNorm folded
+        (2, True, True),
     ]
     assert written["ratios"] == [] and written["config"]["input"] == [8, 8]
 
