@@ -54,7 +54,7 @@ class Point:
     median_ms: float
     p99_ms: float
     first_call_s: float  # the first call compiles (XLA) or traces; excluded from the rest
-    round_images_per_s: list[float]  # per interleaved round: pairs of variants per round
+    round_images_per_s: list[float]  # images/s in each round; round i of A pairs with B's
     # Images per second of this process's CPU time (all its threads): time other processes
     # take from a shared CPU does not count, so it is steadier than images/s under load.
     images_per_cpu_s: float
