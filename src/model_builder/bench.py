@@ -54,6 +54,19 @@ class Point:
     median_ms: float
     p99_ms: float
     first_call_s: float  # the first call compiles (XLA) or traces; excluded from the rest
+    round_images_per_s: list[float]  # images/s in each round; round i of A pairs with B's
+    # Images per second of this process's CPU time (all its threads): time other processes
+    # take from a shared CPU does not count, so it is steadier than images/s under load.
+    images_per_cpu_s: float
+
+
+@dataclass
+class Timing:
+    """What `measure` saw for one (variant, batch): first call, per-call wall, CPU time."""
+
+    first_s: float
+    rounds: list[list[float]]  # wall seconds of each timed call, one list per round
+    cpu_s: float = 0.0  # process CPU seconds over all timed calls
 
 
 def _onoff(flag: bool) -> str:
@@ -165,8 +178,8 @@ def measure(
     seconds: float,
     rounds: int = 2,
     warmup_calls: int = 2,
-) -> dict[tuple[str, int], tuple[float, list[float]]]:
-    """`{(label, batch): (first call s, per-call seconds)}`; variants interleaved per round.
+) -> dict[tuple[str, int], Timing]:
+    """`{(label, batch): Timing}`, variants interleaved round by round.
 
     Each (variant, batch) gets `seconds` split over `rounds` slices and at least one timed
     call per slice; warmup calls (the first compiles) are not timed.
@@ -180,28 +193,32 @@ def measure(
             first[label, b] = time.perf_counter() - t0
             for _ in range(warmup_calls - 1):
                 fn(images[b])
-    times: dict[tuple[str, int], list[float]] = {key: [] for key in first}
+    out = {key: Timing(first_s, []) for key, first_s in first.items()}
     slice_s = seconds / rounds
     for _ in range(rounds):
         for b in buckets:
             for label, fn in fns.items():
+                timing = out[label, b]
+                this_round: list[float] = []
+                timing.rounds.append(this_round)
                 end = time.perf_counter() + slice_s
+                cpu0 = time.process_time()
                 while True:
                     t0 = time.perf_counter()
                     fn(images[b])
                     t1 = time.perf_counter()
-                    times[label, b].append(t1 - t0)
+                    this_round.append(t1 - t0)
                     if t1 >= end:
                         break
-    return {key: (first[key], times[key]) for key in first}
+                timing.cpu_s += time.process_time() - cpu0
+    return out
 
 
-def to_points(
-    variants: dict[str, Variant], raw: dict[tuple[str, int], tuple[float, list[float]]]
-) -> list[Point]:
+def to_points(variants: dict[str, Variant], raw: dict[tuple[str, int], Timing]) -> list[Point]:
     points = []
-    for (label, batch), (first, per_call) in raw.items():
-        arr = np.asarray(per_call)
+    for (label, batch), timing in raw.items():
+        per_round = timing.rounds
+        arr = np.asarray([t for r in per_round for t in r])
         v = variants[label]
         points.append(
             Point(
@@ -214,7 +231,9 @@ def to_points(
                 images_per_s=batch * len(arr) / float(arr.sum()),
                 median_ms=1e3 * float(np.median(arr)),
                 p99_ms=1e3 * float(np.percentile(arr, 99)),
-                first_call_s=first,
+                first_call_s=timing.first_s,
+                round_images_per_s=[round(batch * len(r) / sum(r), 3) for r in per_round],
+                images_per_cpu_s=batch * len(arr) / max(timing.cpu_s, 1e-9),
             )
         )
     return sorted(points, key=lambda p: (p.batch, p.variant))
@@ -242,9 +261,18 @@ def ratios(points: Sequence[Point]) -> list[dict[str, Any]]:
                         "denominator": base.variant,
                         "images_per_s": round(p.images_per_s / base.images_per_s, 3),
                         "median_ms": round(p.median_ms / base.median_ms, 3),
+                        # The same ratio per round (both variants timed minutes apart at
+                        # most): its range shows how much the shared CPU moved the result.
+                        "images_per_s_rounds": _round_ratio_range(p, base),
+                        "images_per_cpu_s": round(p.images_per_cpu_s / base.images_per_cpu_s, 3),
                     }
                 )
     return sorted(out, key=lambda r: (r["ratio"], r["batch"], r["numerator"]))
+
+
+def _round_ratio_range(p: Point, base: Point) -> list[float]:
+    per_round = [a / b for a, b in zip(p.round_images_per_s, base.round_images_per_s, strict=True)]
+    return [round(min(per_round), 3), round(max(per_round), 3)]
 
 
 def _held_fixed(knob: str, p: Point) -> str:
@@ -279,6 +307,9 @@ def fold_parity(
                 "images": PARITY_IMAGES,
                 "top1_agree": int((a.argmax(-1) == b.argmax(-1)).sum()),
                 "max_abs_prob_diff": float(np.abs(a - b).max()),
+                # Relative to the unfolded probability: with many classes every probability
+                # is small, so the absolute difference alone says little.
+                "max_rel_prob_diff": float((np.abs(a - b) / np.maximum(b, 1e-12)).max()),
                 "max_prob": float(b.max()),
             }
         )

@@ -189,7 +189,11 @@ def _add_export(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--top-k", type=int, default=5, help="top-k ids/scores returned")
     p.add_argument(
-        "--fold-batchnorm", action="store_true", help="fold BatchNorm into preceding convs"
+        "--fold-batchnorm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fold BatchNorm into the preceding convs (default: on; measured in "
+        "benchmarks/results/model_cpu.md); --no-fold-batchnorm keeps the BN layers",
     )
     p.add_argument(
         "--serving-base-path",

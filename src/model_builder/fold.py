@@ -52,7 +52,8 @@ def fold_batchnorm(model: Any) -> Any:
 
     if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
         raise ExportError(
-            f"BatchNorm folding needs a functional Keras model. Received: {type(model).__name__}"
+            "BatchNorm folding needs a functional Keras model (export with "
+            f"--no-fold-batchnorm otherwise). Received: {type(model).__name__}"
         )
     pairs = foldable_pairs(model)
     folded_bns = set(pairs.values())

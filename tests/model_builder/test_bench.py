@@ -14,7 +14,8 @@ from resnet_serving.cli import main
 
 BUCKETS = (1, 2)
 POINT_KEYS = {"variant", "precision", "xla", "fold", "batch", "calls", "images_per_s",
-              "median_ms", "p99_ms", "first_call_s"}  # fmt: skip
+              "median_ms", "p99_ms", "first_call_s", "round_images_per_s",
+              "images_per_cpu_s"}  # fmt: skip
 
 
 def _tiny_conv_bn() -> Any:
@@ -54,6 +55,8 @@ def test_report_has_a_point_per_variant_and_batch(report: dict[str, Any]) -> Non
         assert set(p) == POINT_KEYS
         assert p["calls"] >= 2  # at least one timed call per round
         assert p["images_per_s"] > 0 and 0 < p["median_ms"] <= p["p99_ms"]
+        assert len(p["round_images_per_s"]) == 2 and min(p["round_images_per_s"]) > 0
+        assert p["images_per_cpu_s"] > 0
     json.loads(json.dumps(report))  # JSON-able as written by --out
 
 
@@ -67,6 +70,11 @@ def test_ratios_pair_variants_that_differ_in_one_knob(report: dict[str, Any], kn
         assert r["images_per_s"] == round(num["images_per_s"] / den["images_per_s"], 3)
         differ = {k for k in ("xla", "fold") if num[k] != den[k]}
         assert differ == {knob.split()[0]}
+        per_round = [
+            a / b for a, b in zip(num["round_images_per_s"], den["round_images_per_s"], strict=True)
+        ]
+        assert r["images_per_s_rounds"] == [round(min(per_round), 3), round(max(per_round), 3)]
+        assert r["images_per_cpu_s"] == round(num["images_per_cpu_s"] / den["images_per_cpu_s"], 3)
 
 
 def test_folded_export_matches_unfolded(report: dict[str, Any]) -> None:
@@ -74,7 +82,7 @@ def test_folded_export_matches_unfolded(report: dict[str, Any]) -> None:
     assert len(parity) == 1  # fold on vs off, both under XLA
     for row in parity:
         assert row["top1_agree"] == row["images"] == bench.PARITY_IMAGES
-        assert row["max_abs_prob_diff"] < 1e-5
+        assert row["max_abs_prob_diff"] < 1e-5 and row["max_rel_prob_diff"] < 1e-4
 
 
 def test_markdown_has_the_three_tables(report: dict[str, Any]) -> None:
@@ -90,8 +98,8 @@ def test_cli_times_an_existing_export_as_is(exported_model: Any, tmp_path: Path)
     assert main([*argv, "--out", str(out), "--markdown", str(tmp_path / "r.md")]) == 0
     written = json.loads(out.read_text())
     assert [(p["batch"], p["xla"], p["fold"]) for p in written["results"]] == [
-        (1, True, False),
-        (2, True, False),
+        (1, True, True),  # export's defaults: XLA on, BatchNorm folded
+        (2, True, True),
     ]
     assert written["ratios"] == [] and written["config"]["input"] == [8, 8]
 

@@ -128,7 +128,7 @@ def test_manifest_and_labels(exported: Any) -> None:
     assert (m.input.height, m.input.width) == (16, 16)
     assert m.labels == exported.run_info.labels
     assert m.batch_buckets == (1, 2, 4)
-    assert (m.top_k, m.precision, m.xla_compiled, m.folded_batchnorm) == (3, "float32", True, False)
+    assert (m.top_k, m.precision, m.xla_compiled, m.folded_batchnorm) == (3, "float32", True, True)
     assert m.normalization == exported.run_info.normalization
     assert m.preprocessing == exported.run_info.preprocessing
     assert {"tensorflow", "keras"} <= set(m.framework)
@@ -243,7 +243,10 @@ def test_cli_export_writes_a_verifiable_version(
     assert "exported cli v3" in capsys.readouterr().out
     m = read_manifest(base / "cli" / "3")
     assert (m.batch_buckets, m.top_k, m.precision) == ((1, 2), 2, "float32")
+    assert m.folded_batchnorm is True  # the default, kept on the benchmark's numbers
     assert (base / MODELS_CONFIG).is_file()
+    assert main([*argv, "--version", "4", "--buckets", "1,2", "--no-fold-batchnorm"]) == 0
+    assert read_manifest(base / "cli" / "4").folded_batchnorm is False
 
 
 @pytest.mark.parametrize("buckets", ["4,2", "0,1", "1,x", ""])

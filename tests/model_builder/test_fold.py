@@ -75,7 +75,9 @@ def test_sequential_model_is_refused() -> None:
     import keras
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    with pytest.raises(ExportError, match=r"functional Keras model\. Received: Sequential"):
+    with pytest.raises(
+        ExportError, match=r"functional Keras model .*--no-fold-batchnorm.*Received: Sequential"
+    ):
         fold_batchnorm(model)
 
 
@@ -98,3 +100,33 @@ def test_export_with_folding_records_it(
     np.testing.assert_allclose(
         out["probabilities"].numpy(), reference(tiny_model, pixels), atol=FOLD_TOLERANCE
     )
+
+
+@pytest.mark.parametrize(
+    ("arch", "input_size", "width"),
+    [
+        ("resnet_cifar", 32, 4),  # basic blocks, 1x1 projection shortcuts, no imagenet stem
+        ("resnet50", 64, 8),  # bottlenecks, 7x7 stem, the architecture `bench` times
+    ],
+)
+def test_every_batchnorm_of_our_resnets_folds_with_the_same_top1(
+    arch: str, input_size: int, width: int
+) -> None:
+    """The real builders: all BNs fold, top-1 agrees, probabilities within FOLD_TOLERANCE."""
+    import keras
+
+    from model_builder.bench import randomize_batchnorm, synthetic_images
+    from model_builder.resnet import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(arch, input_size=input_size, num_classes=10, width=width)
+    randomize_batchnorm(model)
+    bns = [lay for lay in model.layers if isinstance(lay, keras.layers.BatchNormalization)]
+    assert len(foldable_pairs(model)) == len(bns) > 0
+    folded = fold_batchnorm(model)
+    x = synthetic_images(16, input_size, input_size, seed=12345).astype("float32") / 255.0
+    before = keras.ops.convert_to_numpy(keras.ops.softmax(model(x, training=False)))
+    after = keras.ops.convert_to_numpy(keras.ops.softmax(folded(x, training=False)))
+    assert before.max() < 0.999  # not saturated: a wrong fold would move the probabilities
+    np.testing.assert_array_equal(after.argmax(axis=1), before.argmax(axis=1))
+    np.testing.assert_allclose(after, before, atol=FOLD_TOLERANCE)
