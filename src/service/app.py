@@ -43,6 +43,7 @@ from service.errors import (
 from service.limits import BodySizeLimit
 from service.metrics import GatewayMetrics
 from service.middleware import AccessGuard, access_log
+from service.openapi_docs import name_served_model
 from service.ratelimit import RateLimiter
 from service.settings import Settings
 from service.state import GatewayState
@@ -90,6 +91,7 @@ def create_app(
     app.state.drain_deadline = None  # loop.time() bound for the drain, set on SIGTERM (server.py)
     app.include_router(routes.router)
     app.include_router(health.router)
+    name_served_model(app, settings.model_name)
     for exc_type in (GatewayError, RequestValidationError, StarletteHTTPException):
         app.add_exception_handler(exc_type, _handle_error)
     # add_middleware wraps: the last one added is the outermost.

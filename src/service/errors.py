@@ -37,6 +37,8 @@ from typing import Any, ClassVar
 
 from resnet_serving.errors import ResnetServingError
 
+DEFAULT_RETRY_AFTER_S = 1  # for a 429/503 raised where the settings' retry_after_s is not known
+
 
 class GatewayError(ResnetServingError):
     status: ClassVar[int] = 500
@@ -54,7 +56,10 @@ class GatewayError(ResnetServingError):
         return out
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)} if self.retry_after_s is not None else {}
+        retry = self.retry_after_s
+        if retry is None and self.status in (429, 503):
+            retry = DEFAULT_RETRY_AFTER_S  # every 429 and 503 tells the client when to come back
+        return {"Retry-After": str(retry)} if retry is not None else {}
 
 
 class BadRequest(GatewayError):
