@@ -154,6 +154,7 @@ async def _start_backend(state: GatewayState, on_fatal: Callable[[str], None] | 
             max_batch_size=s.max_batch_size,
             max_wait_ms=s.max_wait_ms,
             max_queue_images=s.max_queue_images,
+            max_queue_wait_s=s.max_queue_wait_s,
             retry_after_s=s.retry_after_s,
             on_batch=state.metrics.batch_observer(state.backend.name),
         )

@@ -91,7 +91,10 @@ CLASSIFY_REQUEST_BODY: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "images": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                        },
                         "image": {"type": "string", "format": "binary"},
                     },
                 }

@@ -154,6 +154,8 @@ async def _classify(request: Request, state: StateDep, top_k: int | None) -> JSO
     breaker = breaker_of(state.backend)
     if breaker is not None:  # model server known down: 503 now, not after a wait in the queue
         breaker.fail_fast()
+    # Overloaded: shed now, before spending CPU on reading and decoding (submit checks again).
+    batcher.check_admission(1, deadline=deadline)
 
     blobs = await read_images(request, state.settings)
     limits = state.decode_limits
