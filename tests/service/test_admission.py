@@ -12,8 +12,8 @@ from tests.service.conftest import serving as serve_app
 from tests.service.test_api import DoubleBackend, pixel
 from tests.service.test_batcher import MANIFEST, RecordingBackend, image, later
 
-from service.app import create_app
 from service.admission import QueueWaitEstimate
+from service.app import create_app
 from service.batcher import MicroBatcher
 from service.errors import QueueFull
 
