@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -135,6 +136,7 @@ class Probe:
     statuses: Counter[int] = field(default_factory=Counter)
     shed: int = 0  # 429 + 503 answers
     shed_with_retry_after: int = 0
+    details: Counter[str] = field(default_factory=Counter)  # "status error: detail" of failures
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -158,6 +160,11 @@ class Probe:
                     self.statuses[0] += 1
                     continue
                 self.statuses[r.status_code] += 1
+                if r.status_code != 200:
+                    with contextlib.suppress(ValueError):
+                        body = r.json()
+                        detail = re.sub(r"[0-9.]+", "N", str(body.get("detail", "")))
+                        self.details[f"{r.status_code} {body.get('error')}: {detail}"] += 1
                 if r.status_code in (429, 503):
                     self.shed += 1
                     self.shed_with_retry_after += "retry-after" in r.headers

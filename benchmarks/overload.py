@@ -73,7 +73,8 @@ def main() -> None:
         with gateway(base, tmp / "baseline.log", **settings, max_queue_wait_s=0) as gw:
             runs["baseline"] = measure(gw, rate, tmp / "baseline", load, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    dump = {"search": search, **{k: {"steps": r.result, "probe": dict(r.probe.statuses)}
+    dump = {"search": search, **{k: {"steps": r.result, "probe": dict(r.probe.statuses),
+                                     "probe_details": dict(r.probe.details)}
                                  for k, r in runs.items()}}  # fmt: skip
     (RESULTS / "overload.json").write_text(json.dumps(dump, indent=1) + "\n")
     text = report(args, rate, runs, search)
@@ -186,6 +187,7 @@ def run_section(name: str, run: Run, args: argparse.Namespace) -> tuple[str, boo
 {chr(10).join(rows)}
 
 - Retry-After on 429/503 answers (probe, {sum(run.probe.statuses.values())} requests beside the load): {ra}.
+- What the probe's failures said: {"; ".join(f"{n} x `{d}`" for d, n in run.probe.details.most_common(4)) or "none"}.
 - Error codes during the steps (gateway `/metrics`): {_codes(run.codes)}.
 - Recovery at 0.5x: first second with p99 <= {args.sustain_p99_ms:g} ms: {f"{rec} s" if rec is not None else "never"} into the step (p99 ms by second: {series}).
 - Gateway RSS: start {run.rss[0]:.0f} MiB, end {run.rss[1]:.0f} MiB, peak {run.rss[2]:.0f} MiB.

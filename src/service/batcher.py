@@ -263,11 +263,14 @@ class MicroBatcher:
     async def _run_batch(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
+        # An item that cannot be answered before its deadline (the call is expected to take
+        # `expected` s) fails now instead of taking a row of the model's time for nothing.
+        expected = self.wait_estimate.batch_seconds(self._manifest.bucket_for(len(batch))) or 0.0
         live: list[_Item] = []
         for item in batch:
             if item.future.done():  # the caller gave up (cancelled / timed out)
                 continue
-            if item.deadline <= now:
+            if item.deadline <= now + expected:
                 self.stats.expired += 1
                 item.future.set_exception(
                     DeadlineExceeded("request budget ran out while queued for the model")
@@ -281,8 +284,9 @@ class MicroBatcher:
         pixels = np.zeros((bucket, *self._shape), dtype=np.uint8)
         for i, item in enumerate(live):
             pixels[i] = item.image
-        # The earliest deadline in the batch bounds the call: nobody waits past their budget.
-        timeout_s = max(min(item.deadline for item in live) - now, 1e-3)
+        # The LATEST deadline bounds the call: each caller already stops waiting at its own
+        # deadline (submit), and one nearly expired item must not fail the whole batch.
+        timeout_s = max(max(item.deadline for item in live) - now, 1e-3)
         t0 = loop.time()
         self._busy_until = t0 + (self.wait_estimate.batch_seconds(bucket) or 0.0)
         error: GatewayError | None = None
