@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from resnet_serving import __version__
@@ -35,6 +36,7 @@ from service.batcher import MicroBatcher
 from service.decode import DecodeLimits
 from service.errors import (
     BadRequest,
+    ClientClosedRequest,
     GatewayError,
     InvalidParameter,
     MethodNotAllowed,
@@ -92,7 +94,12 @@ def create_app(
     app.include_router(routes.router)
     app.include_router(health.router)
     name_served_model(app, settings.model_name)
-    for exc_type in (GatewayError, RequestValidationError, StarletteHTTPException):
+    for exc_type in (
+        GatewayError,
+        RequestValidationError,
+        StarletteHTTPException,
+        ClientDisconnect,
+    ):
         app.add_exception_handler(exc_type, _handle_error)
     # add_middleware wraps: the last one added is the outermost.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
@@ -204,6 +211,8 @@ def _as_gateway_error(exc: BaseException) -> GatewayError:
             f"{where or 'request'}: {first.get('msg', 'invalid')}. "
             f"Received: {where}={first.get('input')!r}"
         )
+    if isinstance(exc, ClientDisconnect):  # e.g. a client timed out while we were overloaded
+        return ClientClosedRequest("the client closed the connection before sending its body")
     if isinstance(exc, StarletteHTTPException):
         if exc.status_code == 404:
             return NotFound(f"no such endpoint: {exc.detail}")

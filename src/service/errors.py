@@ -27,6 +27,8 @@
      |    +-- ShuttingDown        shutting_down
      +-- DeadlineExceeded (504)   deadline_exceeded
      +-- BackendError (502)       backend_error         (the model server answered with an error)
+     +-- ClientClosedRequest (499) client_closed_request (the client left before its body was read;
+                                                          nobody reads the answer, logs and metrics do)
 
 Body: `{"error": "<code>", "detail": "<one line>", "request_id": "<id>"}`.
 """
@@ -164,3 +166,7 @@ class DeadlineExceeded(GatewayError):
 
 class BackendError(GatewayError):
     status, code = 502, "backend_error"
+
+
+class ClientClosedRequest(GatewayError):
+    status, code = 499, "client_closed_request"  # nginx's code: not our error, nor the client's bug

@@ -41,11 +41,14 @@ def test_wait_estimate(observed: dict[int, float], queued: int, expected_s: floa
     assert est.wait_s(queued) == pytest.approx(expected_s)
 
 
-def test_estimate_is_an_ewma_of_calls() -> None:
+def test_estimate_is_an_ewma_of_calls_and_their_spread() -> None:
     est = QueueWaitEstimate(8, bucket_for)
     est.observe(8, 0.1)
-    est.observe(8, 0.6)  # one slow call moves it by a fifth of the difference
+    est.observe(8, 0.6)  # one slow call moves the mean by a fifth of the difference...
     assert est.batch_seconds(8) == pytest.approx(0.2)
+    # ...and the deviation from 0 to 0.1, so admission plans for 0.2 + 2 * 0.1 per call.
+    assert est.batch_seconds(8, conservative=True) == pytest.approx(0.4)
+    assert est.wait_s(16) == pytest.approx(0.8)
 
 
 def make(backend: RecordingBackend, max_queue_wait_s: float) -> MicroBatcher:
@@ -146,3 +149,15 @@ def test_an_overloaded_gateway_sheds_before_reading_the_body() -> None:
     assert [r.status_code for r in served] == [200, 200]
     registry = app.state.gateway.metrics.registry
     assert registry.get_sample_value("gateway_decode_seconds_count") == 2  # refused: not decoded
+
+
+def test_a_client_that_leaves_is_499_not_a_500() -> None:
+    """Overloaded, a client may time out before its body is read: not a bug (no 500, no
+    traceback in the log), counted as 499 client_closed_request."""
+    from starlette.requests import ClientDisconnect
+
+    from service.app import error_response
+
+    response = error_response(ClientDisconnect(), "rid")
+    assert response.status_code == 499
+    assert b'"client_closed_request"' in response.body
