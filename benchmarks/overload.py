@@ -2,12 +2,13 @@
 within its request budget, and recover as soon as the load drops?
 
 Exports `resnet_cifar` (random weights) at --size, starts a real gateway subprocess
-(`resnet-serving serve --backend embedded`, request budget --budget-s), finds its sustainable
-rate with our load tester (`loadtest run --find-max-rate`: the highest open-loop rate whose p99
-stays under --sustain-p99-ms with <1% errors), then drives it in open loop at 1x, 3x and 6x that
-rate and back at 0.5x, back to back in one `loadtest run --rates` (no pause between steps). A
-probe thread beside the load checks that each 503/429 carries Retry-After. Writes
-`benchmarks/results/overload.md` (+ the load tester's result.json files next to it).
+(`resnet-serving serve --backend embedded`, request budget --budget-s, by default the settings'
+10 s), finds its sustainable rate with our load tester (open-loop steps: the highest rate whose
+p99 stays under --sustain-p99-ms with <1% errors and >=95% served), then drives it in open loop
+at 1x, 3x and 6x that rate and back at 0.5x, back to back in one `loadtest run --rates` (no
+pause between steps). A probe thread beside the load checks that each 503/429 carries
+Retry-After. The same steps then run against the same gateway with `max_queue_wait_s=0` (the
+queue bounded by length only) as the baseline. Writes `benchmarks/results/<--name>.md|json`.
 
     PYTHONPATH=src python benchmarks/overload.py [--seconds 15] [--rate R (skip the search)]
 """
@@ -50,11 +51,13 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet_cifar")
     parser.add_argument("--size", type=int, default=64, help="model input side (pixels)")
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per step")
-    parser.add_argument("--budget-s", type=float, default=2.0, help="gateway request_timeout_s")
+    parser.add_argument("--budget-s", type=float, default=_setting_value("request_timeout_s"),
+                        help="gateway request_timeout_s (default: the settings' default)")  # fmt: skip
     parser.add_argument("--sustain-p99-ms", type=float, default=500.0)
     parser.add_argument("--rate", type=float, help="sustainable rate (skips the search)")
     parser.add_argument("--workers", default="1", help="load-generator processes (or auto)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the length-only run")
+    parser.add_argument("--name", default="overload", help="results/<name>.md and .json")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="overload-"))
@@ -76,9 +79,9 @@ def main() -> None:
     dump = {"search": search, **{k: {"steps": r.result, "probe": dict(r.probe.statuses),
                                      "probe_details": dict(r.probe.details)}
                                  for k, r in runs.items()}}  # fmt: skip
-    (RESULTS / "overload.json").write_text(json.dumps(dump, indent=1) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(dump, indent=1) + "\n")
     text = report(args, rate, runs, search)
-    (RESULTS / "overload.md").write_text(text)
+    (RESULTS / f"{args.name}.md").write_text(text)
     print(text)
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -160,11 +163,13 @@ def step_rows(run: Run, budget_ms: float) -> tuple[list[str], bool]:
         p99 = lat.get("p99_ms")
         sched = step.get("schedule") or {}
         within = p99 is not None and p99 <= budget_ms
+        gateway_p99 = step["stages_ms"].get("total", {}).get("p99_ms")  # Server-Timing total
         other_5xx = sum(v for k, v in step["status_counts"].items() if k[0] == "5" and k != "503")
         rows.append(
             f"| {mult:g}x | {step['offered_rate']:g} | {step['requests']} | "
             f"{step['throughput_rps']:.1f} | {step['ok']} | {_ms(lat.get('p50_ms'))} | "
-            f"{_ms(p99)} | {_ms(lat.get('max_ms'))} | {'yes' if within else 'NO'} | "
+            f"{_ms(p99)} | {_ms(lat.get('max_ms'))} | {_ms(gateway_p99)} | "
+            f"{'yes' if within else 'NO'} | "
             f"{errors_by_status(step)} | {sched.get('late_fraction', 0):.1%} |"
         )
         held = held and within and other_5xx == 0
@@ -182,8 +187,8 @@ def run_section(name: str, run: Run, args: argparse.Namespace) -> tuple[str, boo
     return (
         f"""### {name}
 
-| load | offered (req/s) | sent | accepted/s | 200 | p50 (ms) | p99 (ms) | max (ms) | p99 <= budget | errors by status | late sends |
-|---|---|---|---|---|---|---|---|---|---|---|
+| load | offered (req/s) | sent | accepted/s | 200 | p50 (ms) | p99 (ms) | max (ms) | gateway p99 (ms) | p99 <= budget | errors by status | late sends |
+|---|---|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 - Retry-After on 429/503 answers (probe, {sum(run.probe.statuses.values())} requests beside the load): {ra}.
@@ -233,10 +238,19 @@ def report(args: argparse.Namespace, rate: float, runs: dict[str, Run],
 - Command: `{cmd}`
 
 Latency runs from each request's scheduled send time to its answer (no coordinated omission),
-over the **200** answers only; "accepted/s" is 200s per second of the step. "late sends": the
-share of requests the generator sent > 2 ms after their scheduled time.
+over the **200** answers only; "accepted/s" is 200s per second of the step. "gateway p99" is
+the p99 of the gateway's own `Server-Timing: total` (from the request reaching the app to the
+answer): the difference to the client's p99 is time spent before the app saw the request
+(accept queue, a busy event loop) and the generator's own lag. "late sends": the share of
+requests the generator sent > 2 ms after their scheduled time.
 
 {chr(10).join(sections)}"""
+
+
+def _setting_value(name: str) -> float:
+    from service.settings import Settings
+
+    return float(Settings.model_fields[name].default)
 
 
 def _setting(name: str) -> str:
