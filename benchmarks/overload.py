@@ -212,9 +212,9 @@ def report(args: argparse.Namespace, rate: float, runs: dict[str, Run],
     else:
         how = "given on the command line"
     cmd = f"PYTHONPATH=src python benchmarks/overload.py --seconds {args.seconds:g} --budget-s {args.budget_s:g}"
-    cmd += (f" --rate {args.rate:g}" if args.rate else "") + (
-        " --no-baseline" if args.no_baseline else ""
-    )
+    cmd += f" --rate {args.rate:g}" if args.rate else ""
+    cmd += " --no-baseline" if args.no_baseline else ""
+    cmd += f" --name {args.name}" if args.name != "overload" else ""
     sections = []
     for name, title in (("ours", "Ours: shedding by estimated queue wait (`max_queue_wait_s` "
                          f"{_setting('max_queue_wait_s')} s, the default)"),
