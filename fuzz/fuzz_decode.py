@@ -20,7 +20,9 @@ with atheris.instrument_imports(include=["PIL", "service"]):
 
 INPUT = InputSpec(height=32, width=32)
 PRE = Preprocessing()
-LIMITS = DecodeLimits(max_image_pixels=4_000_000, allowed_formats=("JPEG", "PNG", "WEBP", "GIF", "BMP"))
+LIMITS = DecodeLimits(
+    max_image_pixels=4_000_000, allowed_formats=("JPEG", "PNG", "WEBP", "GIF", "BMP")
+)
 
 
 def test_one_input(data: bytes) -> None:

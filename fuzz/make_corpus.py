@@ -12,8 +12,16 @@ from PIL import Image
 def seeds() -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     base = Image.radial_gradient("L").resize((48, 40)).convert("RGB")
-    for fmt, mode in [("JPEG", "RGB"), ("JPEG", "CMYK"), ("PNG", "RGBA"), ("PNG", "P"),
-                      ("PNG", "LA"), ("WEBP", "RGB"), ("GIF", "P"), ("BMP", "RGB")]:
+    for fmt, mode in [
+        ("JPEG", "RGB"),
+        ("JPEG", "CMYK"),
+        ("PNG", "RGBA"),
+        ("PNG", "P"),
+        ("PNG", "LA"),
+        ("WEBP", "RGB"),
+        ("GIF", "P"),
+        ("BMP", "RGB"),
+    ]:
         buf = io.BytesIO()
         base.convert(mode).save(buf, format=fmt)
         out[f"seed_{fmt.lower()}_{mode.lower()}"] = buf.getvalue()

@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from resnet_serving import __version__
@@ -35,6 +36,7 @@ from service.batcher import MicroBatcher
 from service.decode import DecodeLimits
 from service.errors import (
     BadRequest,
+    ClientClosedRequest,
     GatewayError,
     InvalidParameter,
     MethodNotAllowed,
@@ -43,6 +45,7 @@ from service.errors import (
 from service.limits import BodySizeLimit
 from service.metrics import GatewayMetrics
 from service.middleware import AccessGuard, access_log
+from service.openapi_docs import name_served_model
 from service.ratelimit import RateLimiter
 from service.settings import Settings
 from service.state import GatewayState
@@ -90,7 +93,13 @@ def create_app(
     app.state.drain_deadline = None  # loop.time() bound for the drain, set on SIGTERM (server.py)
     app.include_router(routes.router)
     app.include_router(health.router)
-    for exc_type in (GatewayError, RequestValidationError, StarletteHTTPException):
+    name_served_model(app, settings.model_name)
+    for exc_type in (
+        GatewayError,
+        RequestValidationError,
+        StarletteHTTPException,
+        ClientDisconnect,
+    ):
         app.add_exception_handler(exc_type, _handle_error)
     # add_middleware wraps: the last one added is the outermost.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
@@ -152,6 +161,7 @@ async def _start_backend(state: GatewayState, on_fatal: Callable[[str], None] | 
             max_batch_size=s.max_batch_size,
             max_wait_ms=s.max_wait_ms,
             max_queue_images=s.max_queue_images,
+            max_queue_wait_s=s.max_queue_wait_s,
             retry_after_s=s.retry_after_s,
             on_batch=state.metrics.batch_observer(state.backend.name),
         )
@@ -201,6 +211,8 @@ def _as_gateway_error(exc: BaseException) -> GatewayError:
             f"{where or 'request'}: {first.get('msg', 'invalid')}. "
             f"Received: {where}={first.get('input')!r}"
         )
+    if isinstance(exc, ClientDisconnect):  # e.g. a client timed out while we were overloaded
+        return ClientClosedRequest("the client closed the connection before sending its body")
     if isinstance(exc, StarletteHTTPException):
         if exc.status_code == 404:
             return NotFound(f"no such endpoint: {exc.detail}")

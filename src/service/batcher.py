@@ -5,8 +5,9 @@ Requests `submit` decoded images with a deadline. One loop task collects items u
 has passed since the oldest one arrived, drops items whose deadline has passed (504) or whose
 caller gave up, pads the rest with zeros to the nearest manifest bucket so an XLA-compiled
 model never sees a new shape, makes ONE backend call and resolves each item's future with its
-row. The queue is bounded: a full queue answers 503 `queue_full` at once instead of letting
-latency grow without bound. A failing batch fails only its own futures; the loop survives
+row. The queue is bounded twice: by length (`max_queue_images`) and by its estimated wait
+(`max_queue_wait_s`, see `service.admission`); a request that would overflow either is answered
+503 `queue_full` at once instead of being accepted and failing late. A failing batch fails only its own futures; the loop survives
 anything and logs it.
 """
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from model_builder.manifest import Manifest
+from service.admission import QueueWaitEstimate
 from service.backends.base import Backend
 from service.errors import BackendError, DeadlineExceeded, GatewayError, QueueFull, ShuttingDown
 
@@ -86,8 +88,10 @@ class MicroBatcher:
         max_queue_images: int,
         retry_after_s: int = 1,
         max_inflight_batches: int = 1,
+        max_queue_wait_s: float = 0.0,
         on_batch: Callable[[BatchRecord], None] | None = None,
     ) -> None:
+        """`max_queue_wait_s` > 0 refuses work whose estimated queue wait exceeds it (0: off)."""
         if max_batch_size < 1 or max_queue_images < 1 or max_inflight_batches < 1:
             raise ValueError(
                 "max_batch_size, max_queue_images and max_inflight_batches must be >= 1. "
@@ -98,6 +102,9 @@ class MicroBatcher:
         self.max_batch_size = min(max_batch_size, manifest.max_batch)
         self._max_wait_s = max_wait_ms / 1000.0
         self._max_queue = max_queue_images
+        self._max_queue_wait_s = max_queue_wait_s
+        self.wait_estimate = QueueWaitEstimate(self.max_batch_size, manifest.bucket_for)
+        self._busy_until = 0.0  # loop.time() the backend call in flight should end (estimate)
         self._retry_after_s = retry_after_s
         self._on_batch = on_batch
         self._shape = (manifest.input.height, manifest.input.width, manifest.input.channels)
@@ -136,13 +143,7 @@ class MicroBatcher:
                 raise ValueError(
                     f"images must be uint8 {self._shape}. Received: {img.dtype} {img.shape}"
                 )
-        if len(self._pending) + len(images) > self._max_queue:
-            self.stats.rejected += len(images)
-            raise QueueFull(
-                f"queue holds {len(self._pending)} of {self._max_queue} images; "
-                f"cannot take {len(images)} more",
-                retry_after_s=self._retry_after_s,
-            )
+        self.check_admission(len(images), deadline=deadline)
         now = loop.time()
         items = [_Item(img, loop.create_future(), deadline, now) for img in images]
         self._pending.extend(items)
@@ -159,6 +160,35 @@ class MicroBatcher:
             for fut in futures:
                 if not fut.done():
                     fut.cancel()
+
+    def check_admission(self, n_images: int, *, deadline: float) -> None:
+        """Raise QueueFull (503 + Retry-After) unless `n_images` more fit in the queue now.
+
+        They fit if the queue has room for them and the estimated time for everything queued
+        plus them to get through the backend stays within `max_queue_wait_s` and the time left
+        to `deadline`. Cheap: routes call it before reading a body, `submit` again after decode.
+        """
+        queued = len(self._pending)
+        if queued + n_images > self._max_queue:
+            self.stats.rejected += n_images
+            raise QueueFull(
+                f"queue holds {queued} of {self._max_queue} images; cannot take {n_images} more",
+                retry_after_s=self._retry_after_s,
+            )
+        if self._max_queue_wait_s <= 0 or queued == 0:  # an idle queue always takes work
+            return
+        now = asyncio.get_running_loop().time()
+        # The queue moves once the call at the backend returns: count what is left of it too.
+        wait = max(0.0, self._busy_until - now) + self.wait_estimate.wait_s(queued + n_images)
+        left = deadline - now
+        limit = min(self._max_queue_wait_s, left)
+        if wait > limit:
+            self.stats.rejected += n_images
+            raise QueueFull(
+                f"estimated queue wait {wait:.2f} s for {queued} queued images exceeds "
+                f"{limit:.2f} s (max_queue_wait_s or the time left to the deadline)",
+                retry_after_s=self._retry_after_s,
+            )
 
     async def close(self, *, drain: bool = True, timeout_s: float | None = None) -> None:
         """Stop taking work; with `drain`, flush everything queued first. Idempotent."""
@@ -233,11 +263,14 @@ class MicroBatcher:
     async def _run_batch(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
+        # An item that cannot be answered before its deadline (the call is expected to take
+        # `expected` s) fails now instead of taking a row of the model's time for nothing.
+        expected = self.wait_estimate.batch_seconds(self._manifest.bucket_for(len(batch))) or 0.0
         live: list[_Item] = []
         for item in batch:
             if item.future.done():  # the caller gave up (cancelled / timed out)
                 continue
-            if item.deadline <= now:
+            if item.deadline <= now + expected:
                 self.stats.expired += 1
                 item.future.set_exception(
                     DeadlineExceeded("request budget ran out while queued for the model")
@@ -251,9 +284,11 @@ class MicroBatcher:
         pixels = np.zeros((bucket, *self._shape), dtype=np.uint8)
         for i, item in enumerate(live):
             pixels[i] = item.image
-        # The earliest deadline in the batch bounds the call: nobody waits past their budget.
-        timeout_s = max(min(item.deadline for item in live) - now, 1e-3)
+        # The LATEST deadline bounds the call: each caller already stops waiting at its own
+        # deadline (submit), and one nearly expired item must not fail the whole batch.
+        timeout_s = max(max(item.deadline for item in live) - now, 1e-3)
         t0 = loop.time()
+        self._busy_until = t0 + (self.wait_estimate.batch_seconds(bucket, conservative=True) or 0.0)
         error: GatewayError | None = None
         probs: np.ndarray | None = None
         try:
@@ -268,6 +303,8 @@ class MicroBatcher:
             log.exception("backend call failed")
             error = BackendError(f"backend call failed: {type(exc).__name__}")
         backend_s = loop.time() - t0
+        if error is None:
+            self.wait_estimate.observe(bucket, backend_s)
         self.stats.backend_calls += 1
         self.stats.images += n
         self.stats.padded += bucket - n

@@ -27,6 +27,8 @@
      |    +-- ShuttingDown        shutting_down
      +-- DeadlineExceeded (504)   deadline_exceeded
      +-- BackendError (502)       backend_error         (the model server answered with an error)
+     +-- ClientClosedRequest (499) client_closed_request (the client left before its body was read;
+                                                          nobody reads the answer, logs and metrics do)
 
 Body: `{"error": "<code>", "detail": "<one line>", "request_id": "<id>"}`.
 """
@@ -36,6 +38,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from resnet_serving.errors import ResnetServingError
+
+DEFAULT_RETRY_AFTER_S = 1  # for a 429/503 raised where the settings' retry_after_s is not known
 
 
 class GatewayError(ResnetServingError):
@@ -54,7 +58,10 @@ class GatewayError(ResnetServingError):
         return out
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)} if self.retry_after_s is not None else {}
+        retry = self.retry_after_s
+        if retry is None and self.status in (429, 503):
+            retry = DEFAULT_RETRY_AFTER_S  # every 429 and 503 tells the client when to come back
+        return {"Retry-After": str(retry)} if retry is not None else {}
 
 
 class BadRequest(GatewayError):
@@ -159,3 +166,7 @@ class DeadlineExceeded(GatewayError):
 
 class BackendError(GatewayError):
     status, code = 502, "backend_error"
+
+
+class ClientClosedRequest(GatewayError):
+    status, code = 499, "client_closed_request"  # nginx's code: not our error, nor the client's bug

@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from service.breaker import State, breaker_of
 from service.errors import NotReady
 from service.metrics import CONTENT_TYPE
+from service.openapi_docs import error_responses
 from service.state import StateDep
 
 router = APIRouter(tags=["health"])
@@ -28,7 +29,11 @@ async def livez() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/readyz", summary="200 when the model is loaded, checked and warm; else 503")
+@router.get(
+    "/readyz",
+    responses=error_responses(503),
+    summary="200 when the model is loaded, checked and warm; else 503",
+)
 async def readyz(state: StateDep) -> dict[str, Any]:
     batcher, manifest = state.serving()  # 503 while starting or shutting down
     retry = state.settings.retry_after_s
@@ -50,6 +55,11 @@ async def readyz(state: StateDep) -> dict[str, Any]:
     }
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 async def metrics(state: StateDep) -> Response:
     return Response(state.metrics.render(), media_type=CONTENT_TYPE)

@@ -35,6 +35,12 @@ from service.errors import (
     TooManyImages,
     UnsupportedMediaType,
 )
+from service.openapi_docs import (
+    API_ERRORS,
+    CLASSIFY_ERRORS,
+    CLASSIFY_REQUEST_BODY,
+    error_responses,
+)
 from service.settings import Settings
 from service.state import StateDep
 
@@ -78,41 +84,18 @@ class ClassifyResponse(BaseModel):
     timing_ms: Timing
 
 
-_BODY_DOC: dict[int | str, dict[str, Any]] = {
-    200: {
-        "content": {"application/json": {}},
-        "description": "One prediction per image, in request order.",
-    }
+_OK_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"description": "One prediction per image, in request order."}
 }
-_REQUEST_BODY = {
-    "requestBody": {
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "images": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                }
-            },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"images": {"type": "array", "items": {"type": "string"}}},
-                }
-            },
-        },
-        "required": True,
-    }
-}
+CLASSIFY_DOC = {**_OK_DOC, **error_responses(*CLASSIFY_ERRORS)}
+CLASSIFY_NAMED_DOC = {**_OK_DOC, **error_responses(*sorted({*CLASSIFY_ERRORS, 404}))}
 
 
 @router.post(
     "/classify",
     response_model=ClassifyResponse,
-    responses=_BODY_DOC,
-    openapi_extra=_REQUEST_BODY,
+    responses=CLASSIFY_DOC,
+    openapi_extra=CLASSIFY_REQUEST_BODY,
     summary="Classify one or more images with the served model",
 )
 async def classify(request: Request, state: StateDep, top_k: TopK = None) -> JSONResponse:
@@ -122,8 +105,8 @@ async def classify(request: Request, state: StateDep, top_k: TopK = None) -> JSO
 @router.post(
     "/models/{name}/classify",
     response_model=ClassifyResponse,
-    responses=_BODY_DOC,
-    openapi_extra=_REQUEST_BODY,
+    responses=CLASSIFY_NAMED_DOC,
+    openapi_extra=CLASSIFY_REQUEST_BODY,
     summary="Classify with a named model (404 for a model this gateway does not serve)",
 )
 async def classify_named(
@@ -136,7 +119,11 @@ async def classify_named(
     return await _classify(request, state, top_k)
 
 
-@router.get("/models", summary="The served model, its input contract and batching")
+@router.get(
+    "/models",
+    responses=error_responses(*API_ERRORS),
+    summary="The served model, its input contract and batching",
+)
 async def list_models(state: StateDep) -> dict[str, Any]:
     _, m = state.serving()
     return {
@@ -167,6 +154,8 @@ async def _classify(request: Request, state: StateDep, top_k: int | None) -> JSO
     breaker = breaker_of(state.backend)
     if breaker is not None:  # model server known down: 503 now, not after a wait in the queue
         breaker.fail_fast()
+    # Overloaded: shed now, before spending CPU on reading and decoding (submit checks again).
+    batcher.check_admission(1, deadline=deadline)
 
     blobs = await read_images(request, state.settings)
     limits = state.decode_limits

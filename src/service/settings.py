@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=32, ge=1)  # capped at the manifest's largest bucket
     max_wait_ms: float = Field(default=5.0, ge=0.0, le=1000.0)
     max_queue_images: int = Field(default=512, ge=1)  # beyond this: 503 + Retry-After
+    # Shed (503 + Retry-After) when the estimated queue wait exceeds this or the time left of
+    # the request's budget, instead of accepting work that would finish late. 0: off.
+    max_queue_wait_s: float = Field(default=1.0, ge=0.0)
 
     # Limits on input.
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)

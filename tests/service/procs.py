@@ -6,6 +6,7 @@ Also: distinct test images and their expected score vectors, to check each 200 a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -69,10 +70,8 @@ class Proc:
         while not any(needle in line for line in self.lines):
             if self.popen.poll() is not None and self._new.empty():
                 raise RuntimeError(f"process exited ({self.popen.returncode}):\n{self.output}")
-            try:
+            with contextlib.suppress(queue.Empty):
                 self._new.get(timeout=max(0.01, min(0.2, end - time.monotonic())))
-            except queue.Empty:
-                pass
             if time.monotonic() > end:
                 raise TimeoutError(f"no line {needle!r} within {timeout_s} s:\n{self.output}")
 

@@ -162,17 +162,39 @@ async def test_expired_items_never_reach_the_backend() -> None:
     assert len(backend.calls) == 1 and backend.batches[0][0].max() == 1
 
 
-async def test_backend_gets_the_earliest_deadline_in_the_batch() -> None:
-    backend = RecordingBackend()
+async def test_backend_gets_the_latest_deadline_and_each_caller_its_own() -> None:
+    """One nearly expired item must not fail its whole batch: the call is bounded by the latest
+    deadline, while each caller still stops waiting at its own."""
+    backend = RecordingBackend(gate=asyncio.Event())
     batcher = make(backend, max_batch_size=2, max_wait_ms=1000)
     await batcher.start()
-    await asyncio.gather(
-        batcher.submit([image(1)], deadline=later(30.0)),
-        batcher.submit([image(2)], deadline=later(2.0)),
-    )
+    patient = asyncio.create_task(batcher.submit([image(1)], deadline=later(30.0)))
+    hurried = asyncio.create_task(batcher.submit([image(2)], deadline=later(0.3)))
+    while not backend.calls:
+        await asyncio.sleep(0.001)
+    with pytest.raises(DeadlineExceeded):
+        await hurried  # its own budget ends while the call is still at the backend
+    backend.gate.set()  # type: ignore[union-attr]
+    assert (await patient)[0].probabilities[0] == 1
     await batcher.close()
     ((rows, timeout_s),) = backend.calls
-    assert rows == 2 and 0 < timeout_s <= 2.0
+    assert rows == 2 and 2.0 < timeout_s <= 30.0
+
+
+async def test_items_that_cannot_make_their_deadline_skip_the_backend() -> None:
+    backend = RecordingBackend()
+    batcher = make(backend, max_batch_size=2, max_wait_ms=50)
+    batcher.wait_estimate.observe(2, 0.5)  # calls take ~0.5 s
+    await batcher.start()
+    ok, late = await asyncio.gather(
+        batcher.submit([image(1)], deadline=later(30.0)),
+        batcher.submit([image(2)], deadline=later(0.3)),  # cannot be answered within 0.3 s
+        return_exceptions=True,
+    )
+    await batcher.close()
+    assert isinstance(late, DeadlineExceeded) and ok[0].probabilities[0] == 1
+    assert [rows for rows, _ in backend.calls] == [1]  # the late image took no row
+    assert batcher.stats.expired == 1
 
 
 @pytest.mark.parametrize(

@@ -12,14 +12,29 @@ RUNS = int(os.environ.get("FUZZ_RUNS", "4000"))
 
 
 def test_decode_survives_fuzzing(tmp_path: Path) -> None:
-    pytest.importorskip("atheris", reason="atheris is in the dev extra; install with `make install`")
+    pytest.importorskip(
+        "atheris", reason="atheris is in the dev extra; install with `make install`"
+    )
     corpus = tmp_path / "corpus"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    subprocess.run([sys.executable, str(ROOT / "fuzz/make_corpus.py"), str(corpus)], check=True, env=env)
+    subprocess.run(
+        [sys.executable, str(ROOT / "fuzz/make_corpus.py"), str(corpus)], check=True, env=env
+    )
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "fuzz/fuzz_decode.py"), f"-runs={RUNS}", "-max_total_time=60",
-         "-rss_limit_mb=2048", "-timeout=10", str(corpus)],
-        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            str(ROOT / "fuzz/fuzz_decode.py"),
+            f"-runs={RUNS}",
+            "-max_total_time=60",
+            "-rss_limit_mb=2048",
+            "-timeout=10",
+            str(corpus),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=tmp_path,
     )
     tail = (proc.stdout + proc.stderr)[-3000:]
     assert proc.returncode == 0, f"fuzzer found a crash:\n{tail}"

@@ -153,8 +153,18 @@ def _too_big_json(limit: int) -> dict[str, Any]:
             413,
             "upload_too_large",
         ),
-        ("chunked raw over the byte limit", {"content": iter([b"\0" * 65536] * 6)}, 413, "upload_too_large"),
-        ("deeply nested JSON", {"content": b"[" * 100_000, "ctype": "application/json"}, 400, "bad_request"),
+        (
+            "chunked raw over the byte limit",
+            {"content": iter([b"\0" * 65536] * 6)},
+            413,
+            "upload_too_large",
+        ),
+        (
+            "deeply nested JSON",
+            {"content": b"[" * 100_000, "ctype": "application/json"},
+            400,
+            "bad_request",
+        ),
     ],
 )
 def test_limits_on_every_input_path(

@@ -95,9 +95,7 @@ def test_sigterm_drains_accepted_requests_then_exits_zero(gateway_model: Gateway
 def test_embedded_model_that_fails_to_load_exits_with_one_error_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "broken" / "1").mkdir(parents=True)  # a version dir with no SavedModel in it
     port = free_port()
-    gateway = start_gateway(
-        port, backend="embedded", model_base_path=tmp_path, model_name="broken"
-    )
+    gateway = start_gateway(port, backend="embedded", model_base_path=tmp_path, model_name="broken")
     try:
         code = gateway.popen.wait(timeout=90)
     finally:
