@@ -22,6 +22,7 @@ from service.errors import GatewayError
 from service.ratelimit import RateLimiter
 
 access_logger = logging.getLogger("service.access")
+_QUIET_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 
 PROTECTED_PREFIX = "/v1/"
 _MAX_LOGGED_PATH = 200  # a hostile path must not make one log line arbitrarily long
@@ -70,11 +71,16 @@ class AccessGuard:
 def access_log(
     scope: Scope, status: int, duration_s: float, request_id: str, key_id: str | None
 ) -> None:
-    """One INFO line per HTTP request (no query string: it is the client's, not ours to keep)."""
+    """One INFO line per HTTP request (no query string: it is the client's, not ours to keep).
+
+    Successful probes and scrapes (`/livez`, `/readyz`, `/metrics`) log at DEBUG: an
+    orchestrator polls them every few seconds and would drown the real traffic."""
     path = scope.get("path", "")
+    level = logging.DEBUG if status < 400 and path in _QUIET_PATHS else logging.INFO
     if len(path) > _MAX_LOGGED_PATH:
         path = path[:_MAX_LOGGED_PATH] + "..."
-    access_logger.info(
+    access_logger.log(
+        level,
         "%s %s %d %.1fms request_id=%s key_id=%s",
         scope.get("method", "-"),
         path.encode("unicode_escape").decode("ascii"),  # no control characters in the log

@@ -215,3 +215,20 @@ def test_access_log_has_ids_but_never_keys_or_image_bytes(
     assert any("POST /v1/classify 401" in m for m in access), access
     for secret in (KEY_LOG, "nope-secret", b64[:24], b64[-24:]):
         assert secret not in text
+
+
+def test_probes_log_at_debug_and_traffic_at_info(
+    embedded_gateway: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="service.access")
+    assert httpx.get(f"{embedded_gateway.url}/readyz", timeout=10).status_code == 200
+    assert httpx.get(f"{embedded_gateway.url}/metrics", timeout=10).status_code == 200
+    refused = httpx.post(f"{embedded_gateway.url}/v1/classify", content=b"", timeout=10)
+    assert refused.status_code == 415, refused.text  # no content type
+    levels = {
+        rec.getMessage().split(" ")[1]: rec.levelno
+        for rec in caplog.records
+        if rec.name == "service.access"
+    }
+    assert levels["/readyz"] == logging.DEBUG and levels["/metrics"] == logging.DEBUG, levels
+    assert levels["/v1/classify"] == logging.INFO, levels
