@@ -54,7 +54,20 @@ def _ms(m: re.Match[str] | None) -> float:
 
 
 def hey(args: list[str], url: str = URL) -> Result:
-    out = sh([*GEN_CPU, "hey", *args, "-m", "POST", "-T", "image/jpeg", "-D", str(WORK / "body.jpg"), url])
+    out = sh(
+        [
+            *GEN_CPU,
+            "hey",
+            *args,
+            "-m",
+            "POST",
+            "-T",
+            "image/jpeg",
+            "-D",
+            str(WORK / "body.jpg"),
+            url,
+        ]
+    )
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     return {"rps": rps, "p50_ms": _ms(re.search(r"50% in ([\d.]+) (secs)", out)),
             "p99_ms": _ms(re.search(r"99% in ([\d.]+) (secs)", out))}  # fmt: skip
@@ -123,15 +136,30 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--rates", default="500,2000", help="open-loop rates for the hey -q comparison")
-    ap.add_argument("--hey-c", type=int, default=10, help="hey -c for the open-loop runs (rate = c * q)")
+    ap.add_argument(
+        "--hey-c", type=int, default=10, help="hey -c for the open-loop runs (rate = c * q)"
+    )
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--ceiling-rates", default="1000,2000,3000,4000,5000,6000,8000,10000,12000,16000")
-    ap.add_argument("--no-pin", action="store_true", help="do not pin the server / generators to CPUs")
+    ap.add_argument(
+        "--ceiling-rates", default="1000,2000,3000,4000,5000,6000,8000,10000,12000,16000"
+    )
+    ap.add_argument(
+        "--no-pin", action="store_true", help="do not pin the server / generators to CPUs"
+    )
     a = ap.parse_args()
     pin = not a.no_pin and (os.cpu_count() or 1) >= 2
     servers = []
     for port, delay in ((PORT, "0"), (SLOW_PORT, "1")):
-        cmd = [sys.executable, "-m", "loadtest.echo_server", "--port", str(port), "--uvloop", "--delay-ms", delay]
+        cmd = [
+            sys.executable,
+            "-m",
+            "loadtest.echo_server",
+            "--port",
+            str(port),
+            "--uvloop",
+            "--delay-ms",
+            delay,
+        ]
         servers.append(subprocess.Popen(["taskset", "-c", "0", *cmd] if pin else cmd, env=ENV,
                                         stdout=subprocess.PIPE, text=True))  # fmt: skip
     if pin:
@@ -147,11 +175,28 @@ def main() -> None:
                 q = rate // a.hey_c
                 t, o = pair(k, lambda q=q, url=url: hey(["-c", str(a.hey_c), "-q", str(q), "-z", f"{s}s"], url),  # type: ignore[misc]
                             lambda rate=rate, url=url: ours(["--rate", str(rate), "--duration", s], url=url))  # type: ignore[misc]  # fmt: skip
-                rows.append((f"open loop, same rate, {where}", f"hey -c {a.hey_c} -q {q} -z {s}s  vs  --rate {rate}", t, o))
-        t, o = pair(k, lambda: hey(["-c", c, "-z", f"{s}s"]), lambda: ours(["--concurrency", c, "--duration", s]))
+                rows.append(
+                    (
+                        f"open loop, same rate, {where}",
+                        f"hey -c {a.hey_c} -q {q} -z {s}s  vs  --rate {rate}",
+                        t,
+                        o,
+                    )
+                )
+        t, o = pair(
+            k,
+            lambda: hey(["-c", c, "-z", f"{s}s"]),
+            lambda: ours(["--concurrency", c, "--duration", s]),
+        )
         rows.append(("closed loop", f"hey -c {c} -z {s}s  vs  --concurrency {c}", t, o))
-        t, o = pair(k, lambda: wrk(a.concurrency, a.seconds), lambda: ours(["--concurrency", c, "--duration", s]))
-        rows.append(("closed loop", f"wrk -t1 -c {c} -d {s}s -s post.lua  vs  --concurrency {c}", t, o))
+        t, o = pair(
+            k,
+            lambda: wrk(a.concurrency, a.seconds),
+            lambda: ours(["--concurrency", c, "--duration", s]),
+        )
+        rows.append(
+            ("closed loop", f"wrk -t1 -c {c} -d {s}s -s post.lua  vs  --concurrency {c}", t, o)
+        )
         rates = [int(r) for r in a.ceiling_rates.split(",")]
         ceilings = {w: ceiling(w, rates, a.seconds) for w in (1, 2)}
     finally:
@@ -168,7 +213,8 @@ def main() -> None:
         f"{' / '.join(f'{x:.1f}' for x in load_after)}. The 2 cores are shared with other engineers' "
         "TensorFlow jobs and test runs, so every number here is noisy",
         f"- endpoints: `{'taskset -c 0 ' if pin else ''}python -m loadtest.echo_server --uvloop --delay-ms 0` "
-        "(trivial) and the same with `--delay-ms 1` (each its own process, started once); every generator " + ("pinned with `taskset -c 1`" if pin else "unpinned")
+        "(trivial) and the same with `--delay-ms 1` (each its own process, started once); every generator "
+        + ("pinned with `taskset -c 1`" if pin else "unpinned")
         + "; all send the same 500 B POST body (`hey -D`, `wrk -s post.lua`, ours `--images --body raw`)",
         f"- method: A B A B, {k} rounds of {s} s each, medians; ours with `--warmup 0.5` (not counted)",
         f"- command: `PYTHONPATH=src python benchmarks/loadtest_vs_hey.py --seconds {s} --rounds {k} "
@@ -187,7 +233,9 @@ def main() -> None:
     lines += ["", "Ours, generator CPU per request (whole step, medians): " + "; ".join(
         f"{cmd.split('vs')[1].strip()} ({mode.split(', ')[-1]}): {o['cpu_us']:.0f} us" for mode, cmd, _, o in rows)]  # fmt: skip
     for w, rows_w in ceilings.items():
-        where = "pinned to CPU 1" if w == 1 and pin else "unpinned, sharing the cores with the endpoint"
+        where = (
+            "pinned to CPU 1" if w == 1 and pin else "unpinned, sharing the cores with the endpoint"
+        )
         lines += ["", f"## Open-loop schedule keeping, {w} worker process(es), {where}", "",
                   "| offered req/s | achieved req/s | late (>2 ms) | behind warning | p50 ms | p99 ms | CPU us/req |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
