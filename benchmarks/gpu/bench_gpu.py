@@ -231,7 +231,7 @@ def run_keras(
     import keras
     import numpy as np
 
-    from model_builder.fold import fold_batchnorm
+    from model_builder.fold import fold_batchnorm, randomize_batchnorm
     from model_builder.resnet import build_model
 
     result["environment"].update(
@@ -302,21 +302,6 @@ def make_jax_infer(model: Any) -> Callable[..., Any]:
         return probs, ids, scores
 
     return infer
-
-
-def randomize_batchnorm(model: Any, seed: int = 0) -> None:
-    """Non-trivial BatchNorm statistics (as `model_builder.bench`), so folding changes weights."""
-    import keras
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[-1]
-            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-            layer.beta.assign(rng.uniform(-0.2, 0.2, n).astype("float32"))
-            layer.moving_mean.assign(rng.uniform(-0.2, 0.2, n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
 
 
 def cast_precision(model: Any, precision: str) -> Any:

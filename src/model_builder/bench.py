@@ -110,23 +110,6 @@ def random_run_info(arch: str, input_size: int, num_classes: int) -> RunInfo:
     )
 
 
-def randomize_batchnorm(model: Any, seed: int = 0) -> None:
-    """Give every BatchNorm non-trivial statistics, so folding random weights is a real test.
-
-    Fresh layers have gamma=1, beta=0, mean=0, var=1: folding them changes nothing.
-    """
-    import keras
-
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[-1]
-            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-            layer.beta.assign(rng.uniform(-0.2, 0.2, n).astype("float32"))
-            layer.moving_mean.assign(rng.uniform(-0.2, 0.2, n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
-
-
 def export_variants(
     model: Any, run_info: RunInfo, variants: Sequence[Variant], buckets: Sequence[int], base: Path
 ) -> dict[Variant, Path]:

@@ -362,7 +362,7 @@ def _bench_model(args: argparse.Namespace) -> tuple[Any, Any]:
     """The model to time: a run directory's, or `--arch` with random weights (and BN stats)."""
     import keras
 
-    from model_builder import bench
+    from model_builder import bench, fold
     from model_builder.artifacts import MODEL_FILE, load_run_info
     from model_builder.resnet import build_model, get_spec
 
@@ -370,7 +370,7 @@ def _bench_model(args: argparse.Namespace) -> tuple[Any, Any]:
         return keras.models.load_model(args.run / MODEL_FILE), load_run_info(args.run)
     keras.utils.set_random_seed(0)
     model = build_model(args.arch, input_size=args.input_size, num_classes=args.classes)
-    bench.randomize_batchnorm(model)
+    fold.randomize_batchnorm(model)
     spec = get_spec(args.arch)
     size = args.input_size or spec.default_input_size
     classes = args.classes or spec.default_num_classes

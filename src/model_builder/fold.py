@@ -98,3 +98,20 @@ def _folded_weights(conv: Any, bn: Any) -> list[np.ndarray]:
         (kernel * scale).astype(dtype),  # broadcasts over the output-channel (last) axis
         ((bias - mean) * scale + beta).astype(dtype),
     ]
+
+
+def randomize_batchnorm(model: Any, seed: int = 0) -> None:
+    """Give every BatchNorm non-trivial statistics, so folding random weights is a real test.
+
+    Fresh layers have gamma=1, beta=0, mean=0, var=1: folding them changes nothing.
+    """
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[-1]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+            layer.beta.assign(rng.uniform(-0.2, 0.2, n).astype("float32"))
+            layer.moving_mean.assign(rng.uniform(-0.2, 0.2, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from model_builder import bench
+from model_builder import bench, fold
 from model_builder.bench_report import to_markdown
 from resnet_serving.cli import main
 
@@ -29,7 +29,7 @@ def _tiny_conv_bn() -> Any:
     x = keras.layers.Activation("relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(3, name="predictions")(x))
-    bench.randomize_batchnorm(model)
+    fold.randomize_batchnorm(model)
     return model
 
 

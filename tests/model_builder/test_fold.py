@@ -115,7 +115,8 @@ def test_every_batchnorm_of_our_resnets_folds_with_the_same_top1(
     """The real builders: all BNs fold, top-1 agrees, probabilities within FOLD_TOLERANCE."""
     import keras
 
-    from model_builder.bench import randomize_batchnorm, synthetic_images
+    from model_builder.bench import synthetic_images
+    from model_builder.fold import randomize_batchnorm
     from model_builder.resnet import build_model
 
     keras.utils.set_random_seed(0)
