@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ class _Item:
     image: np.ndarray
     future: asyncio.Future[ImageResult]
     deadline: float  # loop.time() after which the answer is useless
-    enqueued: float
+    enqueued: float  # time.perf_counter() at submit (uvloop's loop.time() ticks in whole ms)
 
 
 class MicroBatcher:
@@ -144,7 +145,7 @@ class MicroBatcher:
                     f"images must be uint8 {self._shape}. Received: {img.dtype} {img.shape}"
                 )
         self.check_admission(len(images), deadline=deadline)
-        now = loop.time()
+        now = time.perf_counter()
         items = [_Item(img, loop.create_future(), deadline, now) for img in images]
         self._pending.extend(items)
         self.stats.queue_depth = len(self._pending)
@@ -218,7 +219,6 @@ class MicroBatcher:
         self.stats.queue_depth = 0
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             try:
                 if not self._pending:
@@ -230,7 +230,7 @@ class MicroBatcher:
                 # Fill up to max_batch_size or until the oldest item has waited max_wait.
                 fill_by = self._pending[0].enqueued + self._max_wait_s
                 while len(self._pending) < self.max_batch_size and not self._closing:
-                    remaining = fill_by - loop.time()
+                    remaining = fill_by - time.perf_counter()
                     if remaining <= 0:
                         break
                     self._arrived.clear()
@@ -287,8 +287,8 @@ class MicroBatcher:
         # The LATEST deadline bounds the call: each caller already stops waiting at its own
         # deadline (submit), and one nearly expired item must not fail the whole batch.
         timeout_s = max(max(item.deadline for item in live) - now, 1e-3)
-        t0 = loop.time()
-        self._busy_until = t0 + (self.wait_estimate.batch_seconds(bucket, conservative=True) or 0.0)
+        t0 = time.perf_counter()  # durations: fine-grained clock; deadlines stay on loop.time()
+        self._busy_until = now + (self.wait_estimate.batch_seconds(bucket, conservative=True) or 0.0)
         error: GatewayError | None = None
         probs: np.ndarray | None = None
         try:
@@ -302,7 +302,7 @@ class MicroBatcher:
         except Exception as exc:
             log.exception("backend call failed")
             error = BackendError(f"backend call failed: {type(exc).__name__}")
-        backend_s = loop.time() - t0
+        backend_s = time.perf_counter() - t0
         if error is None:
             self.wait_estimate.observe(bucket, backend_s)
         self.stats.backend_calls += 1

@@ -138,3 +138,23 @@ def test_concurrent_requests_are_batched_and_answered_in_their_own_order(
     images1, calls1 = _batch_totals(after)
     assert images1 - images0 == n
     assert (images1 - images0) / (calls1 - calls0) >= 8, f"{calls1 - calls0} backend calls"
+
+
+def test_timings_have_sub_millisecond_resolution(gateway: LiveServer) -> None:
+    """uvicorn runs on uvloop, whose loop.time() ticks in whole milliseconds: the per-stage
+    timings must come from a finer clock, or every stage reads 0, 1, 2 ... ms."""
+    blob = png(random_images(1, seed=77)[0])
+    values: list[float] = []
+    for _ in range(5):
+        r = httpx.post(
+            f"{gateway.url}/v1/classify",
+            content=blob,
+            headers={"content-type": "image/png"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        timing = r.json()["timing_ms"]
+        header = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
+        assert {k: float(v) for k, v in header.items()} == timing
+        values += [timing["decode"], timing["total"]]
+    assert any(v != round(v) for v in values), values
