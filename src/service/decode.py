@@ -149,13 +149,40 @@ def _declared_size(data: bytes) -> tuple[str, int, int] | None:
     return None
 
 
+def _sniff_format(data: bytes) -> str | None:
+    """The format Pillow would try for these bytes, from its plugins' prefix checks only."""
+    Image.init()
+    prefix = data[:16]
+    for fmt, (_factory, accept) in Image.OPEN.items():
+        try:
+            if accept is not None and accept(prefix):
+                return "JPEG" if fmt == "MPO" else fmt
+        except Exception:  # a prefix check that cannot read a short prefix: not this format
+            continue
+    return None
+
+
 def _open(data: bytes, limits: DecodeLimits) -> ImageFile.ImageFile:
-    """Parse the header only and apply every limit that does not need pixels."""
+    """Parse the header only and apply every limit that does not need pixels.
+
+    Only the allowed formats' plugins ever see the bytes: Pillow's other parsers (ICO, PSD,
+    TIFF, ...) are attack surface we do not need. A format outside the list is named from
+    the plugins' prefix checks, which read bytes and allocate nothing.
+    """
+    Image.init()  # every plugin registered, so the allow-list can name any of them
+    wanted = {*limits.allowed_formats, *({"MPO"} if "JPEG" in limits.allowed_formats else set())}
+    allowed = [fmt for fmt in Image.OPEN if fmt in wanted]
     try:
-        im = Image.open(io.BytesIO(data))
+        im = Image.open(io.BytesIO(data), formats=allowed)
     except Image.DecompressionBombError as exc:  # only if someone re-armed Pillow's guard
         raise ImageTooLarge(f"image too large: {_one_line(exc)}") from None
     except Exception as exc:
+        sniffed = _sniff_format(data)
+        if sniffed is not None and sniffed not in limits.allowed_formats:
+            raise UnsupportedFormat(
+                f"image format {sniffed} is not accepted; "
+                f"allowed: {', '.join(limits.allowed_formats)}"
+            ) from None
         declared = _declared_size(data)
         if declared is not None and 0 in declared[1:]:
             fmt, w, h = declared

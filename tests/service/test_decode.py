@@ -397,3 +397,28 @@ def test_fuzz_mutated_images_raise_only_gateway_errors(
     for where, value in edits:
         data[int(where * len(data))] = value
     _only_gateway_errors(bytes(data[: max(1, int(len(data) * cut))]))
+
+
+@pytest.mark.parametrize(
+    "fmt, plugin",
+    [("TIFF", "TiffImagePlugin.TiffImageFile"), ("ICO", "IcoImagePlugin.IcoImageFile")],
+)
+def test_other_formats_never_reach_their_parsers(
+    fmt: str, plugin: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the allowed formats' plugins parse uploads: the rest is attack surface."""
+    import importlib
+
+    module, cls = plugin.split(".")
+    image_file = getattr(importlib.import_module(f"PIL.{module}"), cls)
+    calls: list[str] = []
+
+    def spy(self: object) -> None:
+        calls.append(fmt)
+        raise AssertionError(f"{fmt} parser ran")
+
+    data = encode(Image.new("RGB", (16, 16)), fmt)
+    monkeypatch.setattr(image_file, "_open", spy)
+    with pytest.raises(UnsupportedFormat, match=f"image format {fmt} is not accepted"):
+        decode(data)
+    assert calls == []
