@@ -288,7 +288,9 @@ class MicroBatcher:
         # deadline (submit), and one nearly expired item must not fail the whole batch.
         timeout_s = max(max(item.deadline for item in live) - now, 1e-3)
         t0 = time.perf_counter()  # durations: fine-grained clock; deadlines stay on loop.time()
-        self._busy_until = now + (self.wait_estimate.batch_seconds(bucket, conservative=True) or 0.0)
+        self._busy_until = now + (
+            self.wait_estimate.batch_seconds(bucket, conservative=True) or 0.0
+        )
         error: GatewayError | None = None
         probs: np.ndarray | None = None
         try:
