@@ -26,7 +26,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from loadtest.errors import LoadTestError
 from loadtest.search import step_passes
@@ -35,21 +35,16 @@ from loadtest.targets import parse_url
 MAX_POINTS = 24
 
 
-def _ints(text: str, name: str) -> list[int]:
-    try:
-        vals = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise LoadTestError(f"{name} must be comma-separated integers. Received: {text!r}") from exc
-    if not vals or any(v < 0 for v in vals):
-        raise LoadTestError(f"{name} needs at least one value, each >= 0. Received: {text!r}")
-    return vals
+T = TypeVar("T", int, float)
 
 
-def _floats(text: str, name: str) -> list[float]:
+def _numbers(text: str, name: str, kind: type[T]) -> list[T]:
+    """`1,2,4` -> [1, 2, 4] as `kind` (int or float): at least one value, none negative."""
+    what = "integers" if kind is int else "numbers"
     try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
+        vals = [kind(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
-        raise LoadTestError(f"{name} must be comma-separated numbers. Received: {text!r}") from exc
+        raise LoadTestError(f"{name} must be comma-separated {what}. Received: {text!r}") from exc
     if not vals or any(v < 0 for v in vals):
         raise LoadTestError(f"{name} needs at least one value, each >= 0. Received: {text!r}")
     return vals
@@ -117,9 +112,9 @@ async def sweep(args: argparse.Namespace, measure: Callable[[], Any]) -> dict[st
     host, port, _ = parse_url(args.url)
     points: list[dict[str, Any]] = []
     if args.tfs_restart_cmd:
-        grid = list(itertools.product(_ints(args.tfs_max_batch, "--tfs-max-batch"),
-                                      _ints(args.tfs_timeout_us, "--tfs-timeout-us"),
-                                      _ints(args.tfs_threads, "--tfs-threads")))  # fmt: skip
+        grid = list(itertools.product(_numbers(args.tfs_max_batch, "--tfs-max-batch", int),
+                                      _numbers(args.tfs_timeout_us, "--tfs-timeout-us", int),
+                                      _numbers(args.tfs_threads, "--tfs-threads", int)))  # fmt: skip
         if len(grid) > MAX_POINTS:
             raise LoadTestError(f"sweep has {len(grid)} points; keep it to {MAX_POINTS} or fewer")
         out_dir = Path(args.out or ".")
@@ -146,7 +141,8 @@ async def sweep(args: argparse.Namespace, measure: Callable[[], Any]) -> dict[st
     else:
         grid2 = list(
             itertools.product(
-                _ints(args.max_batch, "--max-batch"), _floats(args.max_wait_ms, "--max-wait-ms")
+                _numbers(args.max_batch, "--max-batch", int),
+                _numbers(args.max_wait_ms, "--max-wait-ms", float),
             )
         )
         if len(grid2) > MAX_POINTS:
