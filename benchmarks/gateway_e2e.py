@@ -80,7 +80,7 @@ def export(tmp: Path) -> tuple[Path, Path]:
 
 @contextlib.contextmanager
 def server(cmd: list[str], ready_url: str, log: Path) -> Iterator[None]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     try:

@@ -55,7 +55,7 @@ def free_port() -> int:
 
 
 def child_env(**settings: Any) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.update({f"RESNET_SERVING_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 

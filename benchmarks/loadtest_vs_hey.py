@@ -2,7 +2,7 @@
 (closed loop) against the same local endpoint, plus the highest open-loop rate our
 generator keeps its schedule at, with 1 and 2 worker processes.
 
-The endpoint is `loadtest.echo_server --uvloop` in its own process, started once and pinned
+The endpoint is `testdoubles.echo_server --uvloop` in its own process, started once and pinned
 to CPU 0 (`taskset -c 0`); every generator (hey, wrk, ours) is pinned to CPU 1, so the
 endpoint and the generator never share a core and each tool gets the same core. All tools
 send the same 500-byte POST body. Pairs run A B A B for `--rounds` rounds; tables report
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 PORT, SLOW_PORT = 18555, 18556  # trivial endpoint; the same with a 1 ms server-side delay
 URL = f"http://127.0.0.1:{PORT}/v1/classify"
 SLOW_URL = f"http://127.0.0.1:{SLOW_PORT}/v1/classify"
@@ -153,7 +153,7 @@ def main() -> None:
         cmd = [
             sys.executable,
             "-m",
-            "loadtest.echo_server",
+            "testdoubles.echo_server",
             "--port",
             str(port),
             "--uvloop",
@@ -212,7 +212,7 @@ def main() -> None:
         f"- load average (1/5/15 min) before: {' / '.join(f'{x:.1f}' for x in load_before)}, after: "
         f"{' / '.join(f'{x:.1f}' for x in load_after)}. The 2 cores are shared with other engineers' "
         "TensorFlow jobs and test runs, so every number here is noisy",
-        f"- endpoints: `{'taskset -c 0 ' if pin else ''}python -m loadtest.echo_server --uvloop --delay-ms 0` "
+        f"- endpoints: `{'taskset -c 0 ' if pin else ''}python -m testdoubles.echo_server --uvloop --delay-ms 0` "
         "(trivial) and the same with `--delay-ms 1` (each its own process, started once); every generator "
         + ("pinned with `taskset -c 1`" if pin else "unpinned")
         + "; all send the same 500 B POST body (`hey -D`, `wrk -s post.lua`, ours `--images --body raw`)",
@@ -223,8 +223,8 @@ def main() -> None:
         "| mode | command | tool req/s | ours req/s | ratio | tool p50 ms | ours p50 ms | ratio | tool p99 ms | ours p99 ms | 10%/20% |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for mode, cmd, t, o in rows:
-        lines.append(f"| {mode} | `{cmd}` | {t['rps']:.0f} | {o['rps']:.0f} | {o['rps'] / t['rps']:.2f} | "
+    for mode, row_cmd, t, o in rows:
+        lines.append(f"| {mode} | `{row_cmd}` | {t['rps']:.0f} | {o['rps']:.0f} | {o['rps'] / t['rps']:.2f} | "
                      f"{t['p50_ms']:.3f} | {o['p50_ms']:.3f} | {o['p50_ms'] / t['p50_ms']:.2f} | "
                      f"{t['p99_ms']:.2f} | {o['p99_ms']:.2f} | {verdict(t, o)} |")  # fmt: skip
     lines += ["", "Ours, open loop, medians: " + "; ".join(

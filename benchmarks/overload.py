@@ -19,7 +19,6 @@ import argparse
 import json
 import re
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,8 +27,7 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_proc import (
+from benchmarks.gateway_proc import (
     ROOT,
     Gateway,
     Probe,

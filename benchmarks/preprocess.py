@@ -24,7 +24,7 @@ import numpy as np
 import PIL
 from PIL import Image, ImageDraw
 
-from model_builder.manifest import InputSpec, Preprocessing
+from contract.manifest import InputSpec, Preprocessing
 from service.decode import DecodeLimits, decode_image
 
 SIZES = [(640, 480), (1920, 1080), (4032, 3024)]

@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_proc import (
+from benchmarks.gateway_proc import (
     ROOT,
     Gateway,
     errors_by_status,

@@ -14,7 +14,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["PIL", "service"]):
-    from model_builder.manifest import InputSpec, Preprocessing
+    from contract.manifest import InputSpec, Preprocessing
     from service.decode import DecodeLimits, decode_image
     from service.errors import GatewayError
 

@@ -21,7 +21,7 @@ class ExportedModel(NamedTuple):
         """Probabilities straight from the Keras model (normalised as the export does)."""
         import tensorflow as tf
 
-        from model_builder.manifest import Normalization
+        from contract.manifest import Normalization
         from model_builder.preprocess import normalize
 
         logits = self.model(normalize(tf.constant(images), Normalization()), training=False)

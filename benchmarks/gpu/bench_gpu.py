@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if args.platform == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))  # our model_builder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # our model_builder
     out = args.out or Path(os.environ.get("OUT", ".")) / "gpu_results.json"
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     limit = PEAK_TFLOPS_BF16 * 1e3 / (GFLOP_PER_IMAGE_224 * (args.input_size / 224) ** 2)
@@ -269,7 +269,7 @@ def run_keras(
                 jax.device_put(rng.integers(0, 256, (b, size, size, 3), np.uint8)) for _ in range(2)
             ]
             t = time_point(
-                lambda i, f=infer, p=params, bufs=bufs: f(*p, bufs[i % 2]),
+                lambda i, f=infer, p=params, bufs=bufs: f(*p, bufs[i % 2]),  # type: ignore[misc]
                 lambda o: jax.block_until_ready(o),
                 args.iters,
                 args.warmup,
@@ -400,7 +400,10 @@ def run_torch(
             ]
             with torch.inference_mode():
                 t = time_point(
-                    lambda i, f=call_fn, bufs=bufs: f(bufs[i % 2]), wait, args.iters, args.warmup
+                    lambda i, f=call_fn, bufs=bufs: f(bufs[i % 2]),  # type: ignore[misc]
+                    wait,
+                    args.iters,
+                    args.warmup,
                 )
             _row(
                 result,

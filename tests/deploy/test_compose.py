@@ -167,7 +167,10 @@ def test_one_model_name_everywhere(services: dict[str, Any]) -> None:
 def tf_minor_from_pyproject() -> tuple[int, int]:
     import tomllib
 
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    deps = extras["builder"]
     spec = next(d for d in deps if re.match(r"tensorflow\s*[<>=]", d))
     major, minor = re.search(r">=\s*(\d+)\.(\d+)", spec).groups()  # type: ignore[union-attr]
     return int(major), int(minor)

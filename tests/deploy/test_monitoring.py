@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from deploy_support import COMPOSE, DEPLOY, load_yaml
 
-from model_builder.tfserving_config import PROMETHEUS_PATH
+from contract.tfs_config import PROMETHEUS_PATH
 
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "resnet-serving.json"
 

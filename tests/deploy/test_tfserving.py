@@ -1,4 +1,4 @@
-"""TF Serving's side: the flags point at the files model_builder.tfserving_config writes, the
+"""TF Serving's side: the flags point at the files contract.tfs_config writes, the
 ConfigMap holds exactly what the generator renders, and the AVAILABLE health check works."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from deploy_support import COMPOSE, DEPLOY, FakeRest, container, k8s_docs, load_yaml, run
 
-from model_builder import tfserving_config as tfc
-from model_builder.manifest import DEFAULT_BUCKETS, InputSpec, Manifest
+from contract import tfs_config as tfc
+from contract.manifest import DEFAULT_BUCKETS, InputSpec, Manifest
 
 HEALTHCHECK = DEPLOY / "tfserving" / "healthcheck.sh"
 
@@ -70,7 +70,7 @@ def test_compose_reads_configs_from_the_models_volume() -> None:
 def test_configmap_is_what_the_generator_renders(rendered: dict[str, str]) -> None:
     data = k8s_docs()[("ConfigMap", "tfserving-config")]["data"]
     for name, text in rendered.items():
-        assert data[name] == text, f"{name} drifted from model_builder.tfserving_config"
+        assert data[name] == text, f"{name} drifted from contract.tfs_config"
     assert data["healthcheck.sh"] == HEALTHCHECK.read_text(encoding="utf-8")
 
 

@@ -30,8 +30,8 @@ def make_target() -> Callable[..., HttpTarget]:
     return http_target
 
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-ENV = {**os.environ, "PYTHONPATH": SRC}
+ROOT = str(Path(__file__).resolve().parents[2])
+ENV = {**os.environ, "PYTHONPATH": ROOT}
 
 
 def free_port() -> int:
@@ -44,7 +44,7 @@ def free_port() -> int:
 def server_url() -> Iterator[str]:
     """A look-alike gateway (echo_server) in its own process, for CLI runs."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "loadtest.echo_server", "--port", str(port)], env=ENV,
+    proc = subprocess.Popen([sys.executable, "-m", "testdoubles.echo_server", "--port", str(port)], env=ENV,
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert proc.stdout is not None

@@ -15,8 +15,8 @@ import pytest
 
 from loadtest.report import SCHEMA, SUMMARY_COLUMNS, TIMESERIES_COLUMNS
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-ENV = {**os.environ, "PYTHONPATH": SRC}
+ROOT = str(Path(__file__).resolve().parents[2])
+ENV = {**os.environ, "PYTHONPATH": ROOT}
 
 
 def free_port() -> int:
@@ -87,7 +87,7 @@ def test_compare_gives_ratios(two_results: tuple[Path, Path]) -> None:
 
 def test_sweep_launches_gateway_per_setting_and_writes_env(tmp_path: Path) -> None:
     port = free_port()
-    cmd = f"{sys.executable} -m loadtest.echo_server --from-env"
+    cmd = f"{sys.executable} -m testdoubles.echo_server --from-env"
     # Wide margins: on the shared 2-core machine a generator stall of tens of ms is common.
     proc = cli("sweep", f"http://127.0.0.1:{port}", "--rate", "50", "--p99-target-ms", "450",
                "--max-batch", "8,16", "--max-wait-ms", "500,5", "--cmd", cmd, "--duration", "1",

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from loadtest.echo_server import Behaviour, EchoServer
 from loadtest.engine import StepSpec, run_step
 from loadtest.targets import HttpTarget
+from testdoubles.echo_server import Behaviour, EchoServer
 
 RATE, DURATION, STALL_AT, STALL = 100.0, 5.0, 2.0, 1.0
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import uvloop
 
-from loadtest.echo_server import EchoServer
 from loadtest.engine import StepSpec, run_step, wait_until
 from loadtest.eventloop import PreciseEpollSelector, new_precise_loop, run_loop
 from loadtest.targets import HttpTarget
+from testdoubles.echo_server import EchoServer
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 LOOPS: dict[str, Runner] = {

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from service.standin import StandIn
+from testdoubles.standin import StandIn
 
 CliFn = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from loadtest import httpclient
-from loadtest.echo_server import EchoServer
 from loadtest.httpclient import HttpPool
 from loadtest.targets import HttpTarget
+from testdoubles.echo_server import EchoServer
 
 
 async def test_burst_opens_at_most_max_connecting_at_once(

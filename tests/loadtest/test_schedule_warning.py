@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from loadtest.echo_server import EchoServer
 from loadtest.engine import StepSpec, run_step
 from loadtest.targets import HttpTarget
+from testdoubles.echo_server import EchoServer
 
 
 async def test_impossible_rate_warns_generator_behind(

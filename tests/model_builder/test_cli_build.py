@@ -19,11 +19,11 @@ from model_builder.artifacts import load_run_info
 from model_builder.resnet import ARCHITECTURES, build_model
 from resnet_serving.cli import main
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "resnet_serving", "build", *args],
         capture_output=True,

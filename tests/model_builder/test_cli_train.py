@@ -124,8 +124,8 @@ def test_make_dataset_examples_and_refusal(tmp_path: Path) -> None:
 
 def test_demo_trains_exports_and_refuses_to_overwrite(tmp_path: Path) -> None:
     """The demo recipe, shrunk to seconds, through the real export (in-process: no TF start)."""
+    from contract.manifest import read_manifest
     from model_builder.demo import run_demo
-    from model_builder.manifest import read_manifest
 
     lines: list[str] = []
     tiny: dict[str, Any] = {"epochs": 1, "samples_per_class": 3, "width": 4, "input_size": 16}

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contract.manifest import Preprocessing
 from model_builder.datasets import (
     BUILTIN_SHAPES,
     PipelineOptions,
@@ -23,7 +24,6 @@ from model_builder.datasets import (
     write_image_folder,
 )
 from model_builder.errors import DatasetError
-from model_builder.manifest import Preprocessing
 from model_builder.shapes import SHAPE_CLASSES, generate_shapes
 
 

@@ -12,25 +12,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_builder.artifacts import RunInfo
-from model_builder.errors import ExportError
-from model_builder.export import export_model
-from model_builder.manifest import (
+from contract.manifest import LABELS_RELPATH, read_manifest
+from contract.signatures import (
     INPUT_PIXELS,
-    LABELS_RELPATH,
     OUTPUT_PROBABILITIES,
     OUTPUT_TOP_K_IDS,
     OUTPUT_TOP_K_SCORES,
     SIGNATURE_BYTES,
     SIGNATURE_PIXELS,
-    read_manifest,
 )
-from model_builder.tfserving_config import (
+from contract.tfs_config import (
     BATCHING_CONFIG,
     MODELS_CONFIG,
     read_batching_parameters,
     read_models_config,
 )
+from model_builder.artifacts import RunInfo
+from model_builder.errors import ExportError
+from model_builder.export import export_model
 from model_builder.warmup import read_warmup_requests
 
 FLOAT32_TOLERANCE = 1e-5

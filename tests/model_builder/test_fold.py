@@ -86,8 +86,9 @@ def test_export_with_folding_records_it(
 ) -> None:
     import tensorflow as tf
 
+    from contract.manifest import read_manifest
+    from contract.signatures import SIGNATURE_PIXELS
     from model_builder.export import export_model
-    from model_builder.manifest import SIGNATURE_PIXELS, read_manifest
 
     version_dir = export_model(
         tiny_model, model_base=tmp_path, name="tiny", version=1, run_info=run_info,
@@ -115,7 +116,7 @@ def test_every_batchnorm_of_our_resnets_folds_with_the_same_top1(
     """The real builders: all BNs fold, top-1 agrees, probabilities within FOLD_TOLERANCE."""
     import keras
 
-    from model_builder.bench import synthetic_images
+    from benchmarks.model_bench import synthetic_images
     from model_builder.fold import randomize_batchnorm
     from model_builder.resnet import build_model
 

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from contract.manifest import LABELS_RELPATH, MANIFEST_RELPATH, WARMUP_RELPATH
 from model_builder.errors import VerifyError
-from model_builder.manifest import LABELS_RELPATH, MANIFEST_RELPATH, WARMUP_RELPATH
 from model_builder.verify import (
     _check_xla,
     check_export,

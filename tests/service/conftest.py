@@ -92,7 +92,7 @@ class GatewayModel(NamedTuple):
     def reference(self, images: np.ndarray) -> np.ndarray:
         import tensorflow as tf
 
-        from model_builder.manifest import Normalization
+        from contract.manifest import Normalization
         from model_builder.preprocess import normalize
 
         logits = self.model(normalize(tf.constant(images), Normalization()), training=False)

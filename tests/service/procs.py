@@ -20,10 +20,10 @@ from typing import Any
 
 import httpx
 import numpy as np
-from tests.service.conftest import MODEL_NAME, GatewayModel, png, random_images
 
-from model_builder.manifest import latest_version_dir, read_manifest
+from contract.manifest import latest_version_dir, read_manifest
 from service.decode import DecodeLimits, decode_image
+from tests.service.conftest import MODEL_NAME, GatewayModel, png, random_images
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +36,7 @@ def free_port() -> int:
 
 def child_env(**settings: Any) -> dict[str, str]:
     """Our sources first on the path, TF quiet, and `RESNET_SERVING_*` settings."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     env["PYTHONUNBUFFERED"] = "1"
     for name, value in settings.items():
         env[f"RESNET_SERVING_{name.upper()}"] = str(value)
@@ -94,8 +94,8 @@ class Proc:
 
 
 def start_standin(model_base: Path, port: int, *, delay_s: float = 0.0) -> Proc:
-    """`python -m service.standin` on 127.0.0.1:port; returns once it printed its ready line."""
-    args = [sys.executable, "-m", "service.standin", "--model-base", str(model_base)]
+    """`python -m testdoubles.standin` on 127.0.0.1:port; returns once it printed its ready line."""
+    args = [sys.executable, "-m", "resnet_serving", "standin", "--model-base", str(model_base)]
     args += ["--model-name", MODEL_NAME, "--port", str(port), "--delay-s", str(delay_s)]
     proc = Proc(args, child_env())
     try:

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.service.conftest import gateway_settings
-from tests.service.conftest import serving as serve_app
-from tests.service.test_api import DoubleBackend, pixel
-from tests.service.test_batcher import MANIFEST, RecordingBackend, image, later
 
 from service.admission import QueueWaitEstimate
 from service.app import create_app
 from service.batcher import MicroBatcher
 from service.errors import QueueFull
+from tests.service.conftest import gateway_settings
+from tests.service.conftest import serving as serve_app
+from tests.service.test_api import DoubleBackend, pixel
+from tests.service.test_batcher import MANIFEST, RecordingBackend, image, later
 
 
 def bucket_for(n: int) -> int:

@@ -18,12 +18,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from tests.service.conftest import LABELS, MODEL_NAME, SIDE, gateway_settings, png
-from tests.service.conftest import serving as serve_app
 
-from model_builder.manifest import InputSpec, Manifest
+from contract.manifest import InputSpec, Manifest
 from service.app import create_app
 from service.errors import BackendUnavailable
+from tests.service.conftest import LABELS, MODEL_NAME, SIDE, gateway_settings, png
+from tests.service.conftest import serving as serve_app
 
 MANIFEST = Manifest(
     model_name=MODEL_NAME,

@@ -13,15 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model_builder.manifest import MANIFEST_RELPATH
+from contract.manifest import MANIFEST_RELPATH
 from service.backends.base import Backend
-from service.backends.contract import BackendStartupError
 from service.backends.embedded import EmbeddedBackend
 from service.backends.factory import make_backend
 from service.backends.tfserving import TFServingBackend
-from service.errors import BackendError, DeadlineExceeded, NotReady
+from service.errors import BackendError, BackendStartupError, DeadlineExceeded, NotReady
 from service.settings import Settings
-from service.standin import StandIn
+from testdoubles.standin import StandIn
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
 from tests.service.conftest import SIDE, LiveServer, png, random_images
 
 LIMIT_BYTES = 256 * 1024  # gateway_settings(max_upload_bytes=...)

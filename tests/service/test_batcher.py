@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from model_builder.manifest import InputSpec, Manifest
+from contract.manifest import InputSpec, Manifest
 from service.batcher import BatchRecord, MicroBatcher
 from service.errors import (
     BackendError,

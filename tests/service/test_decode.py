@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageFile, ImageOps, JpegImagePlugin
 
-from model_builder.manifest import InputSpec, Preprocessing
+from contract.manifest import InputSpec, Preprocessing
 from service.decode import DecodeLimits, decode_batch, decode_image
 from service.errors import (
     EmptyImage,

@@ -1,7 +1,7 @@
 """The model server dies under load and comes back: 503 + Retry-After meanwhile, never a wrong
 answer, never a 500 or a hang, `/readyz` follows, and the gateway reconnects by itself.
 
-The model server is the local stand-in run as a separate process (`python -m service.standin`),
+The model server is the local stand-in run as a separate process (`python -m testdoubles.standin`),
 killed with SIGKILL and restarted on the same port; the gateway is real uvicorn on loopback.
 """
 
@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import httpx
 import pytest
+
 from tests.service.conftest import LABELS, GatewayModel, gateway_settings, serving
 from tests.service.procs import Images, free_port, start_standin, wait_status
 

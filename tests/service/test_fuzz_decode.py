@@ -19,7 +19,7 @@ def test_decode_survives_fuzzing(tmp_path: Path) -> None:
         "atheris", reason="atheris is in the dev extra; install with `make install`"
     )
     corpus = tmp_path / "corpus"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(
         [sys.executable, str(ROOT / "fuzz/make_corpus.py"), str(corpus)], check=True, env=env
     )

@@ -16,6 +16,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
+from contract.manifest import latest_version_dir, read_manifest
+from service.decode import DecodeLimits, decode_image
 from tests.service.conftest import (
     MODEL_NAME,
     GatewayModel,
@@ -26,16 +29,13 @@ from tests.service.conftest import (
     serving,
 )
 
-from model_builder.manifest import latest_version_dir, read_manifest
-from service.decode import DecodeLimits, decode_image
-
 TOP_K = 3
 
 
 @pytest.fixture(scope="module")
 def tfserving_gateway(gateway_model: GatewayModel) -> Iterator[LiveServer]:
     from service.app import create_app
-    from service.standin import StandIn
+    from testdoubles.standin import StandIn
 
     with StandIn(gateway_model.model_base, MODEL_NAME) as standin:
         settings = gateway_settings(

@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 from hypothesis import HealthCheck, settings
-from tests.service.conftest import GatewayModel, LiveServer, gateway_settings, serving
 
 from service.errors import BadRequest, CircuitOpen, GatewayError, NotReady, RateLimited
+from tests.service.conftest import GatewayModel, LiveServer, gateway_settings, serving
 
 schemathesis = pytest.importorskip(
     "schemathesis", reason="schemathesis is in the dev extra; install with `make install`"

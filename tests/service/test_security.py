@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from service.auth import key_id
 from tests.service.conftest import (
     GatewayModel,
     LiveServer,
@@ -19,8 +21,6 @@ from tests.service.conftest import (
     random_images,
     serving,
 )
-
-from service.auth import key_id
 
 KEY_AUTH, KEY_RATE, KEY_LOG = "auth-key-9f8e7d6c", "rate-key-1a2b3c4d", "log-key-5e6f7a8b"
 ORIGIN_OK, ORIGIN_BAD = "https://app.example", "https://evil.example"

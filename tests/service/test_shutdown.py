@@ -13,6 +13,7 @@ import time
 
 import httpx
 import pytest
+
 from tests.service.conftest import LABELS, MODEL_NAME, GatewayModel
 from tests.service.procs import Images, free_port, start_gateway, wait_status
 

@@ -13,11 +13,16 @@ import grpc
 import numpy as np
 import pytest
 
-from model_builder.manifest import MANIFEST_RELPATH
-from service.backends.contract import BackendStartupError
+from contract.manifest import MANIFEST_RELPATH
 from service.backends.tfserving import TFServingBackend, images_to_proto, proto_to_probabilities
-from service.errors import BackendError, BackendUnavailable, DeadlineExceeded, NotReady
-from service.standin import StandIn
+from service.errors import (
+    BackendError,
+    BackendStartupError,
+    BackendUnavailable,
+    DeadlineExceeded,
+    NotReady,
+)
+from testdoubles.standin import StandIn
 
 
 @pytest.fixture(scope="module")

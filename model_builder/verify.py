@@ -1,0 +1,346 @@
+"""Check an exported version before it ships: parity, signatures, XLA mark, warmup, manifest.
+
+Each check runs independently and reports one line; `verify_export` raises VerifyError
+listing every failed check, `check_export` returns the report for the CLI to print.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from contract.errors import ManifestError
+from contract.manifest import LABELS_RELPATH, Manifest, read_manifest
+from contract.signatures import (
+    INPUT_BYTES,
+    INPUT_PIXELS,
+    OUTPUT_PROBABILITIES,
+    OUTPUT_TOP_K_IDS,
+    OUTPUT_TOP_K_SCORES,
+    SIGNATURE_BYTES,
+    SIGNATURE_PIXELS,
+)
+from model_builder.errors import ModelBuilderError, VerifyError
+
+# Max |p_export - p_keras| per precision. float32 differs only by XLA's fused re-ordering;
+# bf16 keeps ~3 significant digits, fp16 ~3.3, and errors accumulate over the layers.
+TOLERANCES: dict[str, float] = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-3}
+PARITY_SEED = 1234
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verification step: its name, whether it passed, and what was seen."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    """Every check run on one version directory."""
+
+    version_dir: Path
+    checks: list[Check] = field(default_factory=list)
+    max_abs_diff: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def lines(self) -> list[str]:
+        return [f"[{'PASS' if c.ok else 'FAIL'}] {c.name}: {c.detail}" for c in self.checks]
+
+
+def verify_export(
+    version_dir: Path,
+    run_dir: Path | None = None,
+    *,
+    tolerance: float | None = None,
+    model: Any = None,
+    use_cli: bool = True,
+) -> VerifyReport:
+    """Run every check; raise VerifyError with one line per failed check, else the report."""
+    report = check_export(version_dir, run_dir, tolerance=tolerance, model=model, use_cli=use_cli)
+    if not report.ok:
+        raise VerifyError(
+            f"{version_dir} failed {len(report.failed)} check(s):\n"
+            + "\n".join(f"  {c.name}: {c.detail}" for c in report.failed)
+        )
+    return report
+
+
+def check_export(
+    version_dir: Path,
+    run_dir: Path | None = None,
+    *,
+    tolerance: float | None = None,
+    model: Any = None,
+    use_cli: bool = True,
+) -> VerifyReport:
+    """Run every check and return the report (nothing raised for failed checks).
+
+    `use_cli=False` reads the SignatureDefs from saved_model.pb directly instead of running
+    `saved_model_cli` (same data, without a second TensorFlow start-up).
+    """
+    import tensorflow as tf
+
+    version_dir = Path(version_dir)
+    report = VerifyReport(version_dir)
+    try:
+        manifest = read_manifest(version_dir)
+    except ManifestError as exc:
+        report.checks.append(Check("manifest", False, str(exc)))
+        return report  # every other check needs the manifest
+    report.checks.append(_check_manifest(version_dir, manifest))
+    try:
+        loaded = tf.saved_model.load(str(version_dir))
+    except Exception as exc:  # any load failure is a verdict, not a crash
+        report.checks.append(Check("load", False, f"tf.saved_model.load failed: {exc}"))
+        return report
+    report.checks.append(Check("load", True, "tf.saved_model.load ok"))
+
+    steps: list[Callable[[], Check]] = [
+        lambda: _check_parity(report, loaded, manifest, run_dir, model, tolerance),
+        lambda: _check_signatures(version_dir, manifest, use_cli=use_cli),
+        lambda: _check_xla(version_dir),
+        lambda: _check_warmup(version_dir, loaded, manifest),
+    ]
+    for step in steps:
+        report.checks.append(step())
+    return report
+
+
+def _check_manifest(version_dir: Path, m: Manifest) -> Check:
+    problems = []
+    if version_dir.name != str(m.model_version):
+        problems.append(f"directory {version_dir.name!r} != model_version {m.model_version}")
+    if version_dir.parent.name != m.model_name:
+        problems.append(f"model directory {version_dir.parent.name!r} != {m.model_name!r}")
+    labels_path = version_dir / LABELS_RELPATH
+    try:
+        labels = tuple(labels_path.read_text(encoding="utf-8").splitlines())
+    except OSError as exc:
+        labels = ()
+        problems.append(f"cannot read {LABELS_RELPATH}: {exc.strerror}")
+    if labels and labels != m.labels:
+        diff = next(
+            (i for i, (a, b) in enumerate(zip(labels, m.labels, strict=False)) if a != b),
+            min(len(labels), len(m.labels)),
+        )
+        problems.append(
+            f"{LABELS_RELPATH} differs from the manifest at line {diff + 1} "
+            f"({len(labels)} vs {len(m.labels)} labels)"
+        )
+    if problems:
+        return Check("manifest", False, "; ".join(problems))
+    return Check("manifest", True, f"{m.model_name} v{m.model_version}, {m.num_classes} labels")
+
+
+def _check_parity(
+    report: VerifyReport,
+    loaded: Any,
+    m: Manifest,
+    run_dir: Path | None,
+    model: Any,
+    tolerance: float | None,
+) -> Check:
+    import tensorflow as tf
+
+    from model_builder.preprocess import normalize
+
+    outputs_logits = True
+    if model is None and run_dir is None:
+        return Check("parity", True, "skipped: no --run directory or model given")
+    try:
+        if run_dir is not None:
+            from model_builder.artifacts import MODEL_FILE, load_run_info
+
+            info = load_run_info(run_dir)
+            outputs_logits = info.outputs_logits
+            if model is None:
+                import keras
+
+                model = keras.models.load_model(Path(run_dir) / MODEL_FILE, compile=False)
+    except (ModelBuilderError, OSError, ValueError) as exc:
+        return Check("parity", False, f"cannot load the Keras model from {run_dir}: {exc}")
+
+    tol = TOLERANCES[m.precision] if tolerance is None else tolerance
+    n = max(b for b in m.batch_buckets if b <= 8) if m.batch_buckets[0] <= 8 else m.batch_buckets[0]
+    rng = np.random.default_rng(PARITY_SEED)
+    pixels = rng.integers(0, 256, (n, m.input.height, m.input.width, 3), dtype=np.uint8)
+    out = tf.cast(model(normalize(pixels, m.normalization), training=False), tf.float32)
+    expected = np.asarray(tf.nn.softmax(out) if outputs_logits else out)
+    got = loaded.signatures[SIGNATURE_PIXELS](**{INPUT_PIXELS: tf.constant(pixels)})
+    probs = got[OUTPUT_PROBABILITIES].numpy()
+    if probs.shape != expected.shape:
+        return Check("parity", False, f"shape {probs.shape} != Keras {expected.shape}")
+    diff = float(np.abs(probs - expected).max())
+    report.max_abs_diff = diff
+    # Top-1 must agree wherever the Keras model's own margin is larger than the tolerance.
+    top2 = np.sort(expected, axis=1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) > 2 * tol
+    flips = int((probs.argmax(1) != expected.argmax(1))[decisive].sum())
+    detail = f"max |diff| {diff:.2e} (tolerance {tol:.0e}, {m.precision}) on {n} images"
+    if diff > tol or flips:
+        return Check("parity", False, f"{detail}; top-1 changed on {flips} image(s)")
+    return Check("parity", True, f"{detail}; same top-1")
+
+
+def _check_signatures(version_dir: Path, m: Manifest, *, use_cli: bool) -> Check:
+    if use_cli:
+        cli = Path(sys.executable).parent / "saved_model_cli"
+        if not cli.exists():
+            return Check("signatures", False, f"saved_model_cli not found at {cli}")
+        proc = subprocess.run(
+            [str(cli), "show", "--dir", str(version_dir), "--all"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            return Check("signatures", False, f"saved_model_cli failed: {last}")
+        seen = parse_saved_model_cli(proc.stdout)
+        source = "saved_model_cli"
+    else:
+        seen = signature_table(version_dir)
+        source = "saved_model.pb"
+    h, w, c, k = m.input.height, m.input.width, m.num_classes, m.top_k
+    outputs = {
+        OUTPUT_PROBABILITIES: ("DT_FLOAT", f"(-1, {c})"),
+        OUTPUT_TOP_K_IDS: ("DT_INT32", f"(-1, {k})"),
+        OUTPUT_TOP_K_SCORES: ("DT_FLOAT", f"(-1, {k})"),
+    }
+    expected = {
+        SIGNATURE_PIXELS: {INPUT_PIXELS: ("DT_UINT8", f"(-1, {h}, {w}, 3)"), **outputs},
+        SIGNATURE_BYTES: {INPUT_BYTES: ("DT_STRING", "(-1)"), **outputs},
+    }
+    problems = []
+    for sig, tensors in expected.items():
+        if sig not in seen:
+            problems.append(f"signature {sig!r} missing")
+            continue
+        for name, spec in tensors.items():
+            if seen[sig].get(name) != spec:
+                problems.append(f"{sig}.{name} is {seen[sig].get(name)}, expected {spec}")
+    if problems:
+        return Check("signatures", False, "; ".join(problems))
+    return Check(
+        "signatures", True, f"{SIGNATURE_PIXELS} and {SIGNATURE_BYTES} as expected ({source})"
+    )
+
+
+def parse_saved_model_cli(text: str) -> dict[str, dict[str, tuple[str, str]]]:
+    """`saved_model_cli show --all` text -> {signature: {tensor name: (dtype, shape)}}."""
+    sigs: dict[str, dict[str, tuple[str, str]]] = {}
+    current: dict[str, tuple[str, str]] | None = None
+    tensor = dtype = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("signature_def['"):
+            current = sigs.setdefault(line.split("'")[1], {})
+        elif current is not None and line.endswith("tensor_info:") and "['" in line:
+            tensor = line.split("'")[1]
+        elif current is not None and tensor and line.startswith("dtype:"):
+            dtype = line.split(":", 1)[1].strip()
+        elif current is not None and tensor and dtype and line.startswith("shape:"):
+            current[tensor] = (dtype, line.split(":", 1)[1].strip())
+            tensor = dtype = None
+    return sigs
+
+
+def signature_table(version_dir: Path) -> dict[str, dict[str, tuple[str, str]]]:
+    """The same table as `parse_saved_model_cli`, read from saved_model.pb's SignatureDefs."""
+    from tensorflow.core.framework import types_pb2
+
+    sigs: dict[str, dict[str, tuple[str, str]]] = {}
+    for name, sig in _read_saved_model(version_dir).meta_graphs[0].signature_def.items():
+        table = sigs.setdefault(name, {})
+        for tensors in (sig.inputs, sig.outputs):
+            for tname, info in tensors.items():
+                dims = [str(d.size) for d in info.tensor_shape.dim]
+                shape = "unknown_rank" if info.tensor_shape.unknown_rank else f"({', '.join(dims)})"
+                table[tname] = (types_pb2.DataType.Name(info.dtype), shape)
+    return sigs
+
+
+def _read_saved_model(version_dir: Path) -> Any:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString((version_dir / "saved_model.pb").read_bytes())
+    return sm
+
+
+def _check_xla(version_dir: Path) -> Check:
+    """Both signatures must reach a function whose `_XlaMustCompile` attr is true."""
+    graph = _read_saved_model(version_dir).meta_graphs[0]
+    functions = {f.signature.name: f for f in graph.graph_def.library.function}
+    nodes = {n.name: n for n in graph.graph_def.node}
+
+    def compiled(fname: str, seen: set[str]) -> bool:
+        if fname in seen or fname not in functions:
+            return False
+        seen.add(fname)
+        fn = functions[fname]
+        attr = fn.attr.get("_XlaMustCompile")
+        if attr is not None and attr.b:
+            return True
+        return any(compiled(nd.attr["f"].func.name, seen) for nd in fn.node_def if "f" in nd.attr)
+
+    missing = []
+    for sig in (SIGNATURE_PIXELS, SIGNATURE_BYTES):
+        sig_def = graph.signature_def.get(sig)
+        if sig_def is None:
+            missing.append(f"{sig} (absent)")
+            continue
+        out = next(iter(sig_def.outputs.values())).name.split(":")[0]
+        node = nodes.get(out)
+        if node is None or "f" not in node.attr or not compiled(node.attr["f"].func.name, set()):
+            missing.append(sig)
+    if missing:
+        return Check("xla", False, f"no _XlaMustCompile=true function behind {missing}")
+    return Check("xla", True, "both signatures call a function marked _XlaMustCompile")
+
+
+def _check_warmup(version_dir: Path, loaded: Any, m: Manifest) -> Check:
+    import tensorflow as tf
+
+    from model_builder.warmup import read_warmup_requests
+
+    try:
+        requests = read_warmup_requests(version_dir)
+    except Exception as exc:  # a corrupt TFRecord or proto is a verdict
+        return Check("warmup", False, f"cannot parse warmup records: {exc}")
+    problems, sizes = [], []
+    for i, req in enumerate(requests):
+        if req.model_spec.name != m.model_name or req.model_spec.signature_name != SIGNATURE_PIXELS:
+            problems.append(
+                f"record {i} targets {req.model_spec.name}/{req.model_spec.signature_name}"
+            )
+            continue
+        images = tf.make_ndarray(req.inputs[INPUT_PIXELS])
+        if images.dtype != np.uint8 or images.shape[1:] != (m.input.height, m.input.width, 3):
+            problems.append(f"record {i} has {images.dtype} {images.shape}")
+            continue
+        out = loaded.signatures[SIGNATURE_PIXELS](**{INPUT_PIXELS: tf.constant(images)})
+        if out[OUTPUT_PROBABILITIES].shape != (images.shape[0], m.num_classes):
+            problems.append(f"record {i} returned {out[OUTPUT_PROBABILITIES].shape}")
+        sizes.append(int(images.shape[0]))
+    if sorted(sizes) != list(m.batch_buckets):
+        problems.append(f"batch sizes {sorted(sizes)} != buckets {list(m.batch_buckets)}")
+    if problems:
+        return Check("warmup", False, "; ".join(problems))
+    return Check("warmup", True, f"{len(requests)} records, one per bucket {list(m.batch_buckets)}")

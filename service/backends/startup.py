@@ -1,0 +1,47 @@
+"""What both backends check at start-up, as the gateway's `BackendStartupError`.
+
+Finding the model version on disk, reading its manifest and checking the served signature
+are contract rules (`contract.manifest`, `contract.signatures`); here their errors become the
+one start-up error the gateway reports (`/readyz`, the log, the CLI's `error:` line).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from contract.errors import ManifestError, SignatureMismatch
+from contract.manifest import Manifest, read_manifest
+from contract.manifest import version_dir as _version_dir
+from contract.signatures import TensorSig, check_signature
+from service.errors import BackendStartupError
+
+
+def version_dir(model_base: Path, model_name: str, version: int | None) -> Path:
+    """`<base>/<name>/<version>` (the highest on disk when `version` is None), checked to exist."""
+    try:
+        return _version_dir(model_base, model_name, version)
+    except ManifestError as exc:
+        raise BackendStartupError(f"cannot find the model: {exc}") from None
+
+
+def load_manifest(path: Path) -> Manifest:
+    """The manifest of one version directory; a start-up error names the path and the reason."""
+    try:
+        return read_manifest(path)
+    except ManifestError as exc:
+        raise BackendStartupError(str(exc)) from None
+
+
+def check_served_signature(
+    manifest: Manifest,
+    inputs: Mapping[str, TensorSig],
+    outputs: Mapping[str, TensorSig],
+    *,
+    where: str,
+) -> None:
+    """`contract.signatures.check_signature`, failing the start-up with its message."""
+    try:
+        check_signature(manifest, inputs, outputs, where=where)
+    except SignatureMismatch as exc:
+        raise BackendStartupError(str(exc)) from None

@@ -1,0 +1,378 @@
+"""The tfserving backend: TF Serving's PredictionService over grpc.aio.
+
+TensorFlow itself is never imported here: requests are built straight from the numpy buffer
+(`tensor_content`) and replies parsed with numpy. Every RPC goes through `_call`, which
+gives it what is left of the request's budget as its gRPC deadline, retries only
+UNAVAILABLE while time remains, and maps status codes onto `service.errors`. A circuit
+breaker sits in that seam: every UNAVAILABLE attempt counts as a failure, any answer from the
+server closes it, and while it is open calls fail fast with 503 `circuit_open`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+import numpy as np
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from contract.manifest import Manifest
+from contract.signatures import INPUT_PIXELS, OUTPUT_PROBABILITIES, SIGNATURE_PIXELS, TensorSig
+from service.backends.startup import check_served_signature, load_manifest
+from service.breaker import CircuitBreaker, State
+from service.errors import (
+    BackendError,
+    BackendStartupError,
+    BackendUnavailable,
+    DeadlineExceeded,
+    NotReady,
+    Unavailable,
+)
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+_DTYPE_NAMES = {
+    types_pb2.DT_UINT8: "uint8",
+    types_pb2.DT_FLOAT: "float32",
+    types_pb2.DT_HALF: "float16",
+    types_pb2.DT_BFLOAT16: "bfloat16",
+    types_pb2.DT_INT32: "int32",
+    types_pb2.DT_INT64: "int64",
+    types_pb2.DT_STRING: "string",
+}
+_HEADROOM_BYTES = 1 << 20  # protobuf framing, metadata, other outputs
+_DEFAULT_MAX_MESSAGE = 4 << 20  # gRPC's own default; enough for status and metadata
+
+
+def _tensor_sig(info: Any) -> TensorSig:
+    """(dtype name, shape) of a TensorInfo proto; -1 dims are unknown (None)."""
+    dtype = _DTYPE_NAMES.get(info.dtype, types_pb2.DataType.Name(info.dtype))
+    if info.tensor_shape.unknown_rank:
+        return dtype, ()
+    return dtype, tuple(None if d.size < 0 else d.size for d in info.tensor_shape.dim)
+
+
+def images_to_proto(images: np.ndarray) -> tensor_pb2.TensorProto:
+    """uint8 NHWC array -> TensorProto, bytes copied once, no TensorFlow needed."""
+    shape = tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in images.shape]
+    )
+    return tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_UINT8,
+        tensor_shape=shape,
+        tensor_content=np.ascontiguousarray(images).tobytes(),
+    )
+
+
+def proto_to_probabilities(proto: tensor_pb2.TensorProto, n: int, classes: int) -> np.ndarray:
+    """float32 TensorProto -> [n, classes] array (tensor_content, or float_val as fallback)."""
+    if proto.dtype != types_pb2.DT_FLOAT:
+        raise BackendError(
+            f"{OUTPUT_PROBABILITIES!r} must be float32. "
+            f"Received: {types_pb2.DataType.Name(proto.dtype)}"
+        )
+    if proto.tensor_content:
+        flat = np.frombuffer(proto.tensor_content, dtype="<f4")
+    else:
+        flat = np.asarray(proto.float_val, dtype=np.float32)
+    shape = tuple(d.size for d in proto.tensor_shape.dim)
+    if shape != (n, classes) or flat.size != n * classes:
+        raise BackendError(
+            f"{OUTPUT_PROBABILITIES!r} must have shape {(n, classes)}. "
+            f"Received: shape={shape} with {flat.size} values"
+        )
+    return flat.astype(np.float32).reshape(n, classes)
+
+
+class TFServingBackend:
+    """Sends buckets to TF Serving (or the local stand-in) over one grpc.aio channel."""
+
+    name = "tfserving"
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        model_name: str,
+        model_base: Path,
+        model_version: int | None = None,
+        connect_timeout_s: float = 5.0,
+        startup_timeout_s: float = 120.0,
+        retry_after_s: int = 1,
+        ready_cache_s: float = 1.0,
+        retry_backoff_s: float = 0.05,
+        keepalive_time_s: float = 30.0,
+        keepalive_timeout_s: float = 10.0,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self._address = address
+        self._model_name = model_name
+        self._model_base = Path(model_base)
+        self._model_version = model_version
+        self._connect_timeout_s = connect_timeout_s
+        self._startup_timeout_s = startup_timeout_s
+        self._retry_after_s = retry_after_s
+        self._ready_cache_s = ready_cache_s
+        self._retry_backoff_s = retry_backoff_s
+        self._keepalive = (keepalive_time_s, keepalive_timeout_s)
+        self._channel: grpc.aio.Channel | None = None
+        self._predict_stub: Any = None
+        self._status_stub: Any = None
+        self._manifest: Manifest | None = None
+        self._version: int | None = (
+            None  # pinned at start: the version checked against its manifest
+        )
+        self._ready_at = 0.0
+        self._ready_value = False
+        self.breaker = breaker or CircuitBreaker()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TFServingBackend:
+        return cls(
+            address=settings.tfserving_address,
+            model_name=settings.model_name,
+            model_base=settings.model_base_path,
+            model_version=settings.model_version,
+            connect_timeout_s=settings.backend_connect_timeout_s,
+            startup_timeout_s=settings.startup_timeout_s,
+            retry_after_s=settings.retry_after_s,
+            breaker=CircuitBreaker(
+                failure_threshold=settings.breaker_failure_threshold,
+                reset_s=settings.breaker_reset_s,
+            ),
+        )
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            raise NotReady("the tfserving backend has not been started")
+        return self._manifest
+
+    # -- channel --------------------------------------------------------------------------
+
+    def _open(self, max_message_bytes: int) -> None:
+        """(Re)open the channel; options say how big a message may be and how we reconnect."""
+        ka_time, ka_timeout = self._keepalive
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.keepalive_time_ms", int(ka_time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(ka_timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.enable_retries", 0),  # `_call` retries, within the request's budget
+            # Reconnect quickly after a server restart (gRPC's default backoff grows to 120 s).
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+        self._channel = grpc.aio.insecure_channel(self._address, options=options)
+        self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._status_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+    def _spec(self, version: int | None) -> model_pb2.ModelSpec:
+        spec = model_pb2.ModelSpec(name=self._model_name)
+        if version is not None:
+            spec.version.value = version
+        return spec
+
+    async def _call(
+        self, what: str, rpc: Callable[[float], Awaitable[T]], *, timeout_s: float
+    ) -> T:
+        """Run `rpc(deadline_left)`, retrying UNAVAILABLE with backoff while time remains.
+
+        Each attempt asks the breaker first (CircuitOpen while it is open) and reports back:
+        UNAVAILABLE is a failure, any answer from the server a success, cancellation neither.
+        """
+        deadline = time.monotonic() + timeout_s
+        backoff = self._retry_backoff_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded(f"{what}: no time left for TF Serving at {self._address}")
+            self.breaker.before_call()
+            try:
+                result = await rpc(left)
+            except grpc.aio.AioRpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    self.breaker.record_failure()
+                elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    self.breaker.record_neutral()  # slow is not down; the deadline is ours
+                else:
+                    self.breaker.record_success()  # it answered: the server is up
+                left = deadline - time.monotonic()
+                if code == grpc.StatusCode.UNAVAILABLE and left > backoff * 2:
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 0.5)
+                    continue
+                raise self._map_error(what, code, details) from None
+            except BaseException:
+                self.breaker.record_neutral()  # cancelled: says nothing about the server
+                raise
+            self.breaker.record_success()
+            return result
+
+    def _map_error(self, what: str, code: grpc.StatusCode, details: str) -> Exception:
+        where = f"TF Serving at {self._address}"
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            return BackendUnavailable(
+                f"{what}: {where} is unavailable ({code.name}): {details}",
+                retry_after_s=self._retry_after_s,
+            )
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded(f"{what}: {where} did not answer in time")
+        return BackendError(f"{what}: {where} answered {code.name}: {details}")
+
+    # -- protocol ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Wait for the model to be AVAILABLE, read its manifest, check its signature."""
+        if self._manifest is not None and self._channel is not None:
+            return
+        self._open(_DEFAULT_MAX_MESSAGE)
+        try:
+            version = await self._wait_available()
+            path = self._model_base / self._model_name / str(version)
+            manifest = load_manifest(path)
+            await self._check_metadata(manifest, version)
+        except BaseException:
+            await self.close()
+            raise
+        # Re-open with message limits sized for the largest bucket of this model.
+        await self.close()
+        m = manifest
+        request = m.max_batch * m.input.height * m.input.width * 3
+        reply = m.max_batch * m.num_classes * 4
+        self._open(max(request, reply, _DEFAULT_MAX_MESSAGE) + _HEADROOM_BYTES)
+        self._manifest, self._version = manifest, version
+        log.info("tfserving backend ready: %s v%d at %s", m.model_name, version, self._address)
+
+    async def _wait_available(self) -> int:
+        """Poll GetModelStatus until a version is AVAILABLE; return it (the highest)."""
+        deadline = time.monotonic() + self._startup_timeout_s
+        reason = "no answer yet"
+        while True:
+            try:
+                versions = await self._available_versions(
+                    self._model_version, self._connect_timeout_s
+                )
+                if versions:
+                    return max(versions)
+                reason = "no version is AVAILABLE yet"
+            except (Unavailable, DeadlineExceeded, BackendError) as exc:
+                reason = exc.detail  # NOT_FOUND while loading; circuit_open while it is down
+            if time.monotonic() + 0.5 > deadline:
+                raise BackendStartupError(
+                    f"model {self._model_name!r} not AVAILABLE at {self._address} within "
+                    f"{self._startup_timeout_s:g} s: {reason}"
+                )
+            await asyncio.sleep(0.5)
+
+    async def _available_versions(self, version: int | None, timeout_s: float) -> list[int]:
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._spec(version))
+        reply = await self._call(
+            "GetModelStatus",
+            lambda left: self._status_stub.GetModelStatus(request, timeout=left),
+            timeout_s=timeout_s,
+        )
+        return [s.version for s in reply.model_version_status if s.state == _AVAILABLE]
+
+    async def _check_metadata(self, manifest: Manifest, version: int) -> None:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=self._spec(version), metadata_field=["signature_def"]
+        )
+        reply = await self._call(
+            "GetModelMetadata",
+            lambda left: self._predict_stub.GetModelMetadata(request, timeout=left),
+            timeout_s=self._connect_timeout_s,
+        )
+        where = f"TF Serving at {self._address}, model {self._model_name!r} v{version}"
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        if "signature_def" not in reply.metadata or not reply.metadata["signature_def"].Unpack(
+            sig_map
+        ):
+            raise BackendStartupError(f"{where}: metadata has no SignatureDefMap")
+        if SIGNATURE_PIXELS not in sig_map.signature_def:
+            raise BackendStartupError(
+                f"{where}: no signature {SIGNATURE_PIXELS!r}. "
+                f"Received: signatures={sorted(sig_map.signature_def)}"
+            )
+        sig = sig_map.signature_def[SIGNATURE_PIXELS]
+        check_served_signature(
+            manifest,
+            {k: _tensor_sig(v) for k, v in sig.inputs.items()},
+            {k: _tensor_sig(v) for k, v in sig.outputs.items()},
+            where=where,
+        )
+
+    async def predict(self, images: np.ndarray, *, timeout_s: float) -> np.ndarray:
+        """uint8 [N,H,W,3] -> float32 [N,C] from the pinned version, within `timeout_s`."""
+        if self._manifest is None or self._channel is None:
+            raise NotReady("the tfserving backend is not started")
+        m = self._manifest
+        want = (m.input.height, m.input.width, 3)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != want:
+            raise BackendError(
+                f"images must be uint8 [N,{want[0]},{want[1]},3]. "
+                f"Received: {images.dtype}{list(images.shape)}"
+            )
+        request = predict_pb2.PredictRequest(
+            model_spec=self._spec(self._version), output_filter=[OUTPUT_PROBABILITIES]
+        )
+        request.model_spec.signature_name = SIGNATURE_PIXELS
+        request.inputs[INPUT_PIXELS].CopyFrom(images_to_proto(images))
+        reply = await self._call(
+            "Predict",
+            lambda left: self._predict_stub.Predict(request, timeout=left),
+            timeout_s=timeout_s,
+        )
+        if OUTPUT_PROBABILITIES not in reply.outputs:
+            raise BackendError(
+                f"Predict reply has no {OUTPUT_PROBABILITIES!r}. Received: {sorted(reply.outputs)}"
+            )
+        return proto_to_probabilities(
+            reply.outputs[OUTPUT_PROBABILITIES], images.shape[0], m.num_classes
+        )
+
+    async def ready(self) -> bool:
+        """The pinned version is AVAILABLE (asked at most once per `ready_cache_s`)."""
+        if self._manifest is None or self._channel is None or self.breaker.state is State.OPEN:
+            return False
+        now = time.monotonic()
+        if now - self._ready_at < self._ready_cache_s:
+            return self._ready_value
+        try:
+            versions = await self._available_versions(
+                self._version, min(1.0, self._connect_timeout_s)
+            )
+            value = self._version in versions
+        except (Unavailable, DeadlineExceeded, BackendError):  # circuit_open included
+            value = False
+        self._ready_at, self._ready_value = time.monotonic(), value
+        return value
+
+    async def close(self) -> None:
+        """Close the channel. Idempotent."""
+        channel, self._channel = self._channel, None
+        self._ready_at, self._ready_value = 0.0, False
+        if channel is not None:
+            await channel.close()

@@ -1,0 +1,180 @@
+"""The gateway's one error tree, and its one mapping to HTTP status + JSON body.
+
+    GatewayError (500 internal_error)
+     +-- BadRequest (400)
+     |    +-- EmptyImage          empty_image
+     |    +-- NotAnImage          not_an_image
+     |    +-- TruncatedImage      truncated_image
+     |    +-- ZeroSizedImage      zero_sized_image
+     |    +-- UnsupportedFormat   unsupported_format
+     |    +-- TooManyImages       too_many_images
+     |    +-- BadBase64           bad_base64
+     +-- Unauthorized (401)       unauthorized
+     +-- NotFound (404)           not_found
+     |    +-- ModelNotFound       model_not_found
+     +-- MethodNotAllowed (405)   method_not_allowed
+     +-- PayloadTooLarge (413)
+     |    +-- UploadTooLarge      upload_too_large     (bytes, checked while streaming)
+     |    +-- ImageTooLarge       image_too_large      (pixels, checked before decoding)
+     +-- UnsupportedMediaType (415) unsupported_media_type
+     +-- InvalidParameter (422)   invalid_parameter
+     +-- RateLimited (429)        rate_limited          (+ Retry-After)
+     +-- Unavailable (503)        (+ Retry-After)
+     |    +-- QueueFull           queue_full
+     |    +-- BackendUnavailable  backend_unavailable
+     |    +-- CircuitOpen         circuit_open
+     |    +-- NotReady            not_ready
+     |    +-- ShuttingDown        shutting_down
+     +-- DeadlineExceeded (504)   deadline_exceeded
+     +-- BackendError (502)       backend_error         (the model server answered with an error)
+     +-- BackendStartupError (500) backend_startup      (the model cannot be served: reported on
+     |                                                   /readyz and in the log, not to clients)
+     +-- ClientClosedRequest (499) client_closed_request (the client left before its body was read;
+                                                          nobody reads the answer, logs and metrics do)
+
+Body: `{"error": "<code>", "detail": "<one line>", "request_id": "<id>"}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from contract.errors import ResnetServingError
+
+DEFAULT_RETRY_AFTER_S = 1  # for a 429/503 raised where the settings' retry_after_s is not known
+
+
+class GatewayError(ResnetServingError):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, detail: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+
+    def body(self, request_id: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.code, "detail": self.detail}
+        if request_id:
+            out["request_id"] = request_id
+        return out
+
+    def headers(self) -> dict[str, str]:
+        retry = self.retry_after_s
+        if retry is None and self.status in (429, 503):
+            retry = DEFAULT_RETRY_AFTER_S  # every 429 and 503 tells the client when to come back
+        return {"Retry-After": str(retry)} if retry is not None else {}
+
+
+class BadRequest(GatewayError):
+    status, code = 400, "bad_request"
+
+
+class EmptyImage(BadRequest):
+    code = "empty_image"
+
+
+class NotAnImage(BadRequest):
+    code = "not_an_image"
+
+
+class TruncatedImage(BadRequest):
+    code = "truncated_image"
+
+
+class ZeroSizedImage(BadRequest):
+    code = "zero_sized_image"
+
+
+class UnsupportedFormat(BadRequest):
+    code = "unsupported_format"
+
+
+class TooManyImages(BadRequest):
+    code = "too_many_images"
+
+
+class BadBase64(BadRequest):
+    code = "bad_base64"
+
+
+class Unauthorized(GatewayError):
+    status, code = 401, "unauthorized"
+
+
+class NotFound(GatewayError):
+    status, code = 404, "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status, code = 405, "method_not_allowed"
+
+
+class PayloadTooLarge(GatewayError):
+    status, code = 413, "payload_too_large"
+
+
+class UploadTooLarge(PayloadTooLarge):
+    code = "upload_too_large"
+
+
+class ImageTooLarge(PayloadTooLarge):
+    code = "image_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status, code = 415, "unsupported_media_type"
+
+
+class InvalidParameter(GatewayError):
+    status, code = 422, "invalid_parameter"
+
+
+class RateLimited(GatewayError):
+    status, code = 429, "rate_limited"
+
+
+class Unavailable(GatewayError):
+    status, code = 503, "unavailable"
+
+
+class QueueFull(Unavailable):
+    code = "queue_full"
+
+
+class BackendUnavailable(Unavailable):
+    code = "backend_unavailable"
+
+
+class CircuitOpen(Unavailable):
+    code = "circuit_open"
+
+
+class NotReady(Unavailable):
+    code = "not_ready"
+
+
+class ShuttingDown(Unavailable):
+    code = "shutting_down"
+
+
+class DeadlineExceeded(GatewayError):
+    status, code = 504, "deadline_exceeded"
+
+
+class BackendError(GatewayError):
+    status, code = 502, "backend_error"
+
+
+class ClientClosedRequest(GatewayError):
+    status, code = 499, "client_closed_request"  # nginx's code: not our error, nor the client's bug
+
+
+class BackendStartupError(GatewayError):
+    """The backend cannot serve: model missing, unloadable, or not matching its manifest."""
+
+    code = "backend_startup"

@@ -1,0 +1,311 @@
+"""The classification API: read images from the request, decode them off the loop, batch, answer.
+
+Three ways to send images: multipart files (field `image` or `images`, repeated), one raw
+image body (`Content-Type: image/*`), or JSON `{"images": ["<base64>", ...]}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+from functools import partial
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from contract.manifest import Manifest
+from service.breaker import breaker_of
+from service.decode import DecodeLimits, decode_image
+from service.errors import (
+    BadBase64,
+    BadRequest,
+    DeadlineExceeded,
+    EmptyImage,
+    GatewayError,
+    InvalidParameter,
+    ModelNotFound,
+    TooManyImages,
+    UnsupportedMediaType,
+)
+from service.openapi_docs import (
+    API_ERRORS,
+    CLASSIFY_ERRORS,
+    CLASSIFY_REQUEST_BODY,
+    error_responses,
+)
+from service.settings import Settings
+from service.state import StateDep
+
+router = APIRouter(prefix="/v1", tags=["classify"])
+
+IMAGE_FIELDS = ("image", "images")
+_MAX_FORM_FIELDS = 16  # non-file parts we tolerate (and ignore) in a multipart body
+_MAX_FIELD_BYTES = 64 * 1024  # per non-file part; images must come as file parts
+
+TopK = Annotated[
+    int | None,
+    Query(ge=1, description="How many classes per image (1..number of labels)."),
+]
+
+
+class Score(BaseModel):
+    label: str
+    class_id: int
+    score: float
+
+
+class Prediction(BaseModel):
+    top_k: list[Score]
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+
+
+class Timing(BaseModel):
+    decode: float
+    queue: float
+    backend: float
+    total: float
+
+
+class ClassifyResponse(BaseModel):
+    model: ModelRef
+    predictions: list[Prediction]
+    timing_ms: Timing
+
+
+_OK_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"description": "One prediction per image, in request order."}
+}
+CLASSIFY_DOC = {**_OK_DOC, **error_responses(*CLASSIFY_ERRORS)}
+CLASSIFY_NAMED_DOC = {**_OK_DOC, **error_responses(*sorted({*CLASSIFY_ERRORS, 404}))}
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    responses=CLASSIFY_DOC,
+    openapi_extra=CLASSIFY_REQUEST_BODY,
+    summary="Classify one or more images with the served model",
+)
+async def classify(request: Request, state: StateDep, top_k: TopK = None) -> JSONResponse:
+    return await _classify(request, state, top_k)
+
+
+@router.post(
+    "/models/{name}/classify",
+    response_model=ClassifyResponse,
+    responses=CLASSIFY_NAMED_DOC,
+    openapi_extra=CLASSIFY_REQUEST_BODY,
+    summary="Classify with a named model (404 for a model this gateway does not serve)",
+)
+async def classify_named(
+    name: str, request: Request, state: StateDep, top_k: TopK = None
+) -> JSONResponse:
+    if name != state.settings.model_name:
+        raise ModelNotFound(
+            f"this gateway serves model {state.settings.model_name!r}. Received: name={name!r}"
+        )
+    return await _classify(request, state, top_k)
+
+
+@router.get(
+    "/models",
+    responses=error_responses(*API_ERRORS),
+    summary="The served model, its input contract and batching",
+)
+async def list_models(state: StateDep) -> dict[str, Any]:
+    _, m = state.serving()
+    return {
+        "models": [
+            {
+                "name": m.model_name,
+                "version": m.model_version,
+                "architecture": m.architecture,
+                "backend": state.backend.name,
+                "input": m.input.model_dump(),
+                "preprocessing": m.preprocessing.model_dump(),
+                "num_labels": m.num_classes,
+                "default_top_k": min(state.settings.default_top_k, m.num_classes),
+                "batch_buckets": list(m.batch_buckets),
+                "precision": m.precision,
+                "xla_compiled": m.xla_compiled,
+            }
+        ]
+    }
+
+
+async def _classify(request: Request, state: StateDep, top_k: int | None) -> JSONResponse:
+    loop = asyncio.get_running_loop()
+    # Deadlines run on the loop's clock (asyncio.timeout_at); durations on perf_counter, since
+    # uvloop's loop.time() ticks in whole milliseconds.
+    started_pc = time.perf_counter()
+    deadline = loop.time() + state.settings.request_timeout_s
+    batcher, manifest = state.serving()
+    k = _resolve_top_k(top_k, state.settings, manifest)
+    breaker = breaker_of(state.backend)
+    if breaker is not None:  # model server known down: 503 now, not after a wait in the queue
+        breaker.fail_fast()
+    # Overloaded: shed now, before spending CPU on reading and decoding (submit checks again).
+    batcher.check_admission(1, deadline=deadline)
+
+    blobs = await read_images(request, state.settings)
+    limits = state.decode_limits
+    t0 = time.perf_counter()
+    try:
+        async with asyncio.timeout_at(deadline):
+            pixels = await asyncio.gather(
+                *(
+                    loop.run_in_executor(
+                        state.decode_pool, partial(_decode_timed, b, manifest, limits, i)
+                    )
+                    for i, b in enumerate(blobs)
+                )
+            )
+    except TimeoutError:
+        raise DeadlineExceeded("request budget ran out while decoding") from None
+    decode_s = time.perf_counter() - t0
+    for _, seconds in pixels:
+        state.metrics.decode_seconds.observe(seconds)
+
+    results = await batcher.submit([p for p, _ in pixels], deadline=deadline)
+    queue_s = max(r.queue_s for r in results)
+    backend_s = max(r.backend_s for r in results)
+    for r in results:
+        state.metrics.queue_seconds.observe(r.queue_s)
+    state.metrics.images.inc(len(results))
+
+    predictions = [{"top_k": _top_k(r.probabilities, k, manifest)} for r in results]
+    total_s = time.perf_counter() - started_pc
+    timing = {
+        "decode": round(decode_s * 1000, 3),
+        "queue": round(queue_s * 1000, 3),
+        "backend": round(backend_s * 1000, 3),
+        "total": round(total_s * 1000, 3),
+    }
+    body = {
+        "model": {"name": manifest.model_name, "version": manifest.model_version},
+        "predictions": predictions,
+        "timing_ms": timing,
+    }
+    server_timing = ", ".join(f"{name};dur={ms}" for name, ms in timing.items())
+    return JSONResponse(body, headers={"Server-Timing": server_timing})
+
+
+def _resolve_top_k(top_k: int | None, settings: Settings, manifest: Manifest) -> int:
+    if top_k is None:
+        return min(settings.default_top_k, manifest.num_classes)
+    if top_k > manifest.num_classes:
+        raise InvalidParameter(
+            f"top_k must be between 1 and {manifest.num_classes} (the number of labels). "
+            f"Received: top_k={top_k}"
+        )
+    return top_k
+
+
+def _top_k(probs: np.ndarray, k: int, manifest: Manifest) -> list[dict[str, Any]]:
+    # Stable sort on the negated scores: ties keep class order, same as tf.math.top_k.
+    ids = np.argsort(-probs, kind="stable")[:k]
+    return [
+        {"label": manifest.labels[i], "class_id": int(i), "score": float(probs[i])} for i in ids
+    ]
+
+
+def _decode_timed(
+    data: bytes, manifest: Manifest, limits: DecodeLimits, index: int
+) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    try:
+        arr = decode_image(
+            data, input_spec=manifest.input, preprocessing=manifest.preprocessing, limits=limits
+        )
+    except GatewayError as exc:
+        raise type(exc)(f"images[{index}]: {exc.detail}") from None
+    return arr, time.perf_counter() - t0
+
+
+async def read_images(request: Request, settings: Settings) -> list[bytes]:
+    """The encoded images of a request, by content type; never more than the settings allow."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type == "multipart/form-data":
+        blobs = await _read_multipart(request, settings)
+    elif media_type.startswith("image/"):
+        blobs = [await request.body()]
+    elif media_type == "application/json":
+        blobs = _read_json(await request.body(), settings)
+    else:
+        raise UnsupportedMediaType(
+            "send multipart/form-data, image/* or application/json. "
+            f"Received: Content-Type={media_type or '(none)'!r}"
+        )
+    if not blobs or all(not b for b in blobs):
+        raise EmptyImage("the request carries no image bytes")
+    if len(blobs) > settings.max_images_per_request:
+        raise _too_many(len(blobs), settings)
+    return blobs
+
+
+def _too_many(n: int | str, settings: Settings) -> TooManyImages:
+    return TooManyImages(
+        f"at most {settings.max_images_per_request} images per request. Received: {n}"
+    )
+
+
+async def _read_multipart(request: Request, settings: Settings) -> list[bytes]:
+    try:
+        form = await request.form(
+            max_files=settings.max_images_per_request,
+            max_fields=_MAX_FORM_FIELDS,
+            max_part_size=_MAX_FIELD_BYTES,
+        )
+    except HTTPException as exc:  # Starlette's MultiPartException, as a 400
+        if "Too many files" in str(exc.detail):
+            raise _too_many(f"more than {settings.max_images_per_request}", settings) from None
+        raise BadRequest(f"malformed multipart body: {exc.detail}") from None
+    try:
+        parts = [p for field in IMAGE_FIELDS for p in form.getlist(field)]
+        blobs: list[bytes] = []
+        for part in parts:
+            if not isinstance(part, UploadFile):
+                raise BadRequest(
+                    "multipart image parts must be file uploads (curl -F 'image=@cat.jpg')"
+                )
+            blobs.append(await part.read())
+    finally:
+        await form.close()
+    if not parts:
+        raise EmptyImage(f"no multipart file named {' or '.join(map(repr, IMAGE_FIELDS))}")
+    return blobs
+
+
+def _read_json(body: bytes, settings: Settings) -> list[bytes]:
+    if not body:
+        raise EmptyImage("empty JSON body")
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting is hostile too
+        raise BadRequest('body is not valid JSON: expected {"images": ["<base64>", ...]}') from None
+    images = doc.get("images") if isinstance(doc, dict) else None
+    if not isinstance(images, list) or not all(isinstance(s, str) for s in images):
+        raise BadRequest('JSON body must be {"images": ["<base64>", ...]}')
+    if len(images) > settings.max_images_per_request:
+        raise _too_many(len(images), settings)
+    out = []
+    for i, text in enumerate(images):
+        if text.startswith("data:") and "," in text:  # data URL: keep the payload
+            text = text.split(",", 1)[1]
+        try:
+            out.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            raise BadBase64(f"images[{i}] is not valid base64") from None
+    return out

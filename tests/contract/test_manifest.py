@@ -1,0 +1,66 @@
+"""The manifest schema: valid manifests round-trip, invalid ones fail with a located reason."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from contract.errors import ManifestError
+from contract.manifest import InputSpec, Manifest, latest_version_dir, read_manifest, write_manifest
+
+
+def make_manifest(**overrides: object) -> Manifest:
+    base: dict[str, object] = {
+        "model_name": "demo",
+        "model_version": 1,
+        "architecture": "resnet_cifar",
+        "input": InputSpec(height=32, width=32),
+        "labels": ("a", "b", "c", "d", "e", "f"),
+    }
+    base.update(overrides)
+    return Manifest(**base)  # type: ignore[arg-type]
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    m = make_manifest()
+    write_manifest(m, tmp_path)
+    assert read_manifest(tmp_path) == m
+
+
+@pytest.mark.parametrize(("n", "bucket"), [(1, 1), (2, 2), (3, 4), (5, 8), (33, 64), (64, 64)])
+def test_bucket_for(n: int, bucket: int) -> None:
+    assert make_manifest().bucket_for(n) == bucket
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"top_k": 7}, "<root>"),
+        ({"batch_buckets": [4, 2]}, "<root>"),
+        ({"model_name": "bad name"}, "model_name"),
+        ({"input": {"height": 0, "width": 32}}, "input.height"),
+        ({"unknown_field": 1}, "unknown_field"),
+    ],
+)
+def test_invalid_manifest_names_the_field(
+    tmp_path: Path, change: dict[str, object], where: str
+) -> None:
+    raw = json.loads(make_manifest().to_json())
+    raw.update(change)
+    (tmp_path / "assets.extra").mkdir()
+    (tmp_path / "assets.extra" / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match=f"invalid at {where}"):
+        read_manifest(tmp_path)
+
+
+def test_missing_manifest(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="no manifest"):
+        read_manifest(tmp_path)
+
+
+def test_latest_version_dir(tmp_path: Path) -> None:
+    for v in ("1", "10", "2", "tmp"):
+        (tmp_path / "demo" / v).mkdir(parents=True)
+    assert latest_version_dir(tmp_path, "demo").name == "10"
+    with pytest.raises(ManifestError):
+        latest_version_dir(tmp_path, "other")
