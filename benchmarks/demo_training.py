@@ -1,6 +1,6 @@
 """Time the demo recipe (`resnet-serving demo` training step) and record its accuracy.
 
-    PYTHONPATH=src python benchmarks/demo_training.py [--cores 0,1] [--out benchmarks/results]
+    python -m benchmarks.demo_training [--cores 0,1] [--out benchmarks/results]
 
 Target: >= 95 % validation accuracy in under 5 minutes on 2 CPU cores. Reports wall time and
 process CPU time (CPU time / cores approximates an uncontended wall time on a shared host),
@@ -104,7 +104,7 @@ def main() -> int:
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, {cores} usable",
-        "command": "PYTHONPATH=src python " + " ".join(sys.argv),
+        "command": "python " + " ".join(sys.argv),
         "recipe": recipe,
         "val_accuracy": acc,
         "epochs_run": info["notes"]["epochs_run"],

@@ -6,7 +6,7 @@ then serves it twice, one after the other so they never share the CPU: our gatew
 `hey -c <clients> -z <seconds>` after a warmup, POSTing the same PNG as a raw body. Writes
 `benchmarks/results/gateway_e2e.md`.
 
-    PYTHONPATH=src python benchmarks/gateway_e2e.py [--clients 32] [--seconds 20]
+    python -m benchmarks.gateway_e2e [--clients 32] [--seconds 20]
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def write(ours: Result, naive: Result, args: argparse.Namespace) -> None:
 - Load: `hey -c {args.clients} -z {args.seconds}s -t 60 -o csv` POSTing one 128x96 PNG as a raw body, after a {args.warmup} s warmup each; one uvicorn worker each.
 - Ours: `resnet-serving serve --backend embedded` (XLA SavedModel, micro-batching up to 32, buckets 1..32, decode in a thread pool).
 - Naive: `benchmarks/naive_gateway.py` (Keras `model.predict` per request inside the async handler, plain Pillow decode, no batching).
-- Command: `PYTHONPATH=src python benchmarks/gateway_e2e.py --clients {args.clients} --seconds {args.seconds}`
+- Command: `python -m benchmarks.gateway_e2e --clients {args.clients} --seconds {args.seconds}`
 
 Throughput counts 200s until the last answer arrived; p50/p99 from every request's latency.
 

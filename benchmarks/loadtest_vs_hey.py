@@ -8,7 +8,7 @@ endpoint and the generator never share a core and each tool gets the same core. 
 send the same 500-byte POST body. Pairs run A B A B for `--rounds` rounds; tables report
 medians. (`--workers 2` rows run unpinned: two workers on one core would measure nothing.)
 
-Usage: PYTHONPATH=src python benchmarks/loadtest_vs_hey.py [--seconds 3] [--rounds 5]
+Usage: python -m benchmarks.loadtest_vs_hey [--seconds 3] [--rounds 5]
 Writes benchmarks/results/loadtest_vs_hey.md. Needs `apt-get install -y hey wrk`.
 """
 
@@ -217,7 +217,7 @@ def main() -> None:
         + ("pinned with `taskset -c 1`" if pin else "unpinned")
         + "; all send the same 500 B POST body (`hey -D`, `wrk -s post.lua`, ours `--images --body raw`)",
         f"- method: A B A B, {k} rounds of {s} s each, medians; ours with `--warmup 0.5` (not counted)",
-        f"- command: `PYTHONPATH=src python benchmarks/loadtest_vs_hey.py --seconds {s} --rounds {k} "
+        f"- command: `python -m benchmarks.loadtest_vs_hey --seconds {s} --rounds {k} "
         f"--rates {a.rates} --concurrency {c}`",
         "",
         "| mode | command | tool req/s | ours req/s | ratio | tool p50 ms | ours p50 ms | ratio | tool p99 ms | ours p99 ms | 10%/20% |",

@@ -3,7 +3,7 @@
 Load the Keras model, decode with plain Pillow, `model.predict` on every request, no batching,
 everything inside the async handler. Used only by `benchmarks/gateway_e2e.py`.
 
-    python benchmarks/naive_gateway.py --model model.keras --labels 10 --size 32 --port 8100
+    python -m benchmarks.naive_gateway --model model.keras --labels 10 --size 32 --port 8100
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ pause between steps). A probe thread beside the load checks that each 503/429 ca
 Retry-After. The same steps then run against the same gateway with `max_queue_wait_s=0` (the
 queue bounded by length only) as the baseline. Writes `benchmarks/results/<--name>.md|json`.
 
-    PYTHONPATH=src python benchmarks/overload.py [--seconds 15] [--rate R (skip the search)]
+    python -m benchmarks.overload [--seconds 15] [--rate R (skip the search)]
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def report(args: argparse.Namespace, rate: float, runs: dict[str, Run],
         how = f"searched (5 s steps; pass = p99 <= {args.sustain_p99_ms:g} ms, <1% errors, >=95% served): {steps}"
     else:
         how = "given on the command line"
-    cmd = f"PYTHONPATH=src python benchmarks/overload.py --seconds {args.seconds:g} --budget-s {args.budget_s:g}"
+    cmd = f"python -m benchmarks.overload --seconds {args.seconds:g} --budget-s {args.budget_s:g}"
     cmd += f" --rate {args.rate:g}" if args.rate else ""
     cmd += " --no-baseline" if args.no_baseline else ""
     cmd += f" --name {args.name}" if args.name != "overload" else ""

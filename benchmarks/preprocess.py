@@ -4,7 +4,7 @@ Single thread (images/s per core), both measured side by side in the same run, i
 round by round so that load from other processes hits both alike. Writes
 `benchmarks/results/preprocess.md` and `.json`.
 
-    PYTHONPATH=src python benchmarks/preprocess.py [--rounds 4] [--seconds 0.3]
+    python -m benchmarks.preprocess [--rounds 4] [--seconds 0.3]
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def main() -> None:
         "python": platform.python_version(),
         "pillow": PIL.__version__,
         "numpy": np.__version__,
-        "command": " ".join(["PYTHONPATH=src python benchmarks/preprocess.py", *sys.argv[1:]]),
+        "command": " ".join(["python -m benchmarks.preprocess", *sys.argv[1:]]),
         "rounds": args.rounds,
         "seconds_per_round": args.seconds,
         "baseline": BASELINE_DOC,

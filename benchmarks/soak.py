@@ -8,7 +8,7 @@ load tester (`loadtest run --rate R --duration S`) drives it, and writes
 the end of the warmup (--warmup-s, when caches and the allocator have settled) to the end
 stays under --bound-mib, and no request fails.
 
-    PYTHONPATH=src python benchmarks/soak.py [--seconds 600] [--rate 20]
+    python -m benchmarks.soak [--seconds 600] [--rate 20]
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def report(args: argparse.Namespace, step: dict[str, Any], rss: RssSampler, idle
     minutes = [f"{t / 60:.0f} min: {mib:.0f}" for t, mib in rss.samples
                if t % 60 < args.sample_s or (t, mib) == rss.samples[-1]]  # fmt: skip
     cmd = (
-        f"PYTHONPATH=src python benchmarks/soak.py --seconds {args.seconds:g} --rate {args.rate:g}"
+        f"python -m benchmarks.soak --seconds {args.seconds:g} --rate {args.rate:g}"
     )
     return f"""# Soak: steady load, memory and errors
 

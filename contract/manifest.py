@@ -17,7 +17,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from contract.errors import ManifestError
-from contract.signatures import SIGNATURE_BYTES, SIGNATURE_PIXELS
+from contract.signatures import (
+    INPUT_PIXELS,
+    OUTPUT_PROBABILITIES,
+    SIGNATURE_BYTES,
+    SIGNATURE_PIXELS,
+    Signature,
+)
 
 SCHEMA_VERSION = 1
 MANIFEST_RELPATH = Path("assets.extra") / "manifest.json"
@@ -110,6 +116,15 @@ class Manifest(_Strict):
     @property
     def max_batch(self) -> int:
         return self.batch_buckets[-1]
+
+    def pixels_signature(self) -> Signature:
+        """What `serving_default` must take and return: uint8 [?,H,W,3] -> float32 [?,C]."""
+        spec = self.input
+        return Signature(
+            SIGNATURE_PIXELS,
+            inputs={INPUT_PIXELS: ("uint8", (None, spec.height, spec.width, spec.channels))},
+            outputs={OUTPUT_PROBABILITIES: ("float32", (None, self.num_classes))},
+        )
 
     def bucket_for(self, n: int) -> int:
         """The smallest bucket that holds `n` images (the caller splits batches above max)."""

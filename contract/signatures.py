@@ -9,12 +9,9 @@ TensorSpecs in-process, TensorInfo protos over gRPC) to `TensorSig`s and call
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from contract.errors import SignatureMismatch
-
-if TYPE_CHECKING:
-    from contract.manifest import Manifest
 
 SIGNATURE_PIXELS = "serving_default"  # uint8 [batch, H, W, 3] RGB -> outputs below
 SIGNATURE_BYTES = "serving_bytes"  # string [batch] JPEG/PNG bytes -> outputs below
@@ -26,6 +23,15 @@ OUTPUT_TOP_K_SCORES = "top_k_scores"
 
 # A tensor as both backends see it: dtype name ("uint8", "float32") and shape (None: any).
 TensorSig = tuple[str, tuple[int | None, ...]]
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The tensors a signature must have (others may exist beside them)."""
+
+    name: str
+    inputs: Mapping[str, TensorSig]
+    outputs: Mapping[str, TensorSig]
 
 
 def _shape_matches(got: tuple[int | None, ...], want: tuple[int | None, ...]) -> bool:
@@ -41,29 +47,27 @@ def format_shape(shape: Sequence[int | None]) -> str:
 
 
 def check_signature(
-    manifest: Manifest,
+    expected: Signature,
     inputs: Mapping[str, TensorSig],
     outputs: Mapping[str, TensorSig],
     *,
     where: str,
 ) -> None:
-    """Raise SignatureMismatch unless `serving_default` is uint8 [?,H,W,3] -> float32 [?,C]."""
-    spec = manifest.input
-    want_in: TensorSig = ("uint8", (None, spec.height, spec.width, spec.channels))
-    want_out: TensorSig = ("float32", (None, manifest.num_classes))
-    for kind, tensors, name, (dtype, shape) in (
-        ("input", inputs, INPUT_PIXELS, want_in),
-        ("output", outputs, OUTPUT_PROBABILITIES, want_out),
+    """Raise SignatureMismatch unless `inputs`/`outputs` hold every tensor `expected` names,
+    each with its dtype and a compatible shape."""
+    for kind, tensors, wanted in (
+        ("input", inputs, expected.inputs),
+        ("output", outputs, expected.outputs),
     ):
-        if name not in tensors:
-            raise SignatureMismatch(
-                f"{where}: signature {SIGNATURE_PIXELS!r} has no {kind} {name!r}. "
-                f"Received: {kind}s={sorted(tensors)}"
-            )
-        got_dtype, got_shape = tensors[name]
-        if got_dtype != dtype or not _shape_matches(got_shape, shape):
-            raise SignatureMismatch(
-                f"{where}: {kind} {name!r} does not match the manifest "
-                f"(model {manifest.model_name} v{manifest.model_version}): expected "
-                f"{dtype}{format_shape(shape)}. Received: {got_dtype}{format_shape(got_shape)}"
-            )
+        for name, (dtype, shape) in wanted.items():
+            if name not in tensors:
+                raise SignatureMismatch(
+                    f"{where}: signature {expected.name!r} has no {kind} {name!r}. "
+                    f"Received: {kind}s={sorted(tensors)}"
+                )
+            got_dtype, got_shape = tensors[name]
+            if got_dtype != dtype or not _shape_matches(got_shape, shape):
+                raise SignatureMismatch(
+                    f"{where}: {kind} {name!r} does not match the manifest: expected "
+                    f"{dtype}{format_shape(shape)}. Received: {got_dtype}{format_shape(got_shape)}"
+                )

@@ -28,7 +28,7 @@ from google.protobuf import (
 )
 
 from contract.manifest import Manifest
-from model_builder.errors import ExportError
+from contract.errors import ConfigError
 
 MODELS_CONFIG = "models.config"
 BATCHING_CONFIG = "batching_parameters.txt"
@@ -130,11 +130,11 @@ def write_tfserving_configs(
     from tensorflow_serving.config import model_server_config_pb2
 
     if not manifests:
-        raise ExportError(f"no exported models to configure under {model_base}")
+        raise ConfigError(f"no exported models to configure under {model_base}")
     buckets = manifests[0].batch_buckets
     for m in manifests:
         if m.batch_buckets != buckets:
-            raise ExportError(
+            raise ConfigError(
                 "all models under one TF Serving must share batch buckets: "
                 f"{manifests[0].model_name} has {list(buckets)}. "
                 f"Received: {m.model_name} buckets={list(m.batch_buckets)}"
@@ -197,7 +197,7 @@ def _parse(path: Path, message: Any) -> Any:
     try:
         return text_format.Parse(Path(path).read_text(encoding="utf-8"), message)
     except (OSError, text_format.ParseError) as exc:
-        raise ExportError(f"cannot parse {path} as {message.DESCRIPTOR.name}: {exc}") from None
+        raise ConfigError(f"cannot parse {path} as {message.DESCRIPTOR.name}: {exc}") from None
 
 
 def _write_atomic(path: Path, text: str) -> None:

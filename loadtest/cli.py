@@ -11,13 +11,6 @@ from typing import Any
 from loadtest.errors import LoadTestError
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Option errors as one line, `error: ...`, exit 2 (like every other user error)."""
-
-    def error(self, message: str) -> Any:
-        self.exit(2, f"error: {self.prog}: {message}\n")
-
-
 def _positive(kind: type) -> Any:
     def conv(text: str) -> Any:
         try:
@@ -117,9 +110,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add `loadtest` and its sub-subcommands to the top-level parser."""
     lt = sub.add_parser("loadtest", help="latency under load (open/closed loop), compare, sweep",
                         description=__doc__)  # fmt: skip
-    lsub = lt.add_subparsers(
-        dest="loadtest_command", metavar="SUBCOMMAND", required=True, parser_class=OneLineParser
-    )
+    lsub = lt.add_subparsers(dest="loadtest_command", metavar="SUBCOMMAND", required=True)
 
     run = lsub.add_parser("run", help="load-test the gateway (HTTP) or TF Serving (gRPC)")
     run.add_argument(

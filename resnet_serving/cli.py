@@ -10,10 +10,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from contract import __version__
 from contract.errors import ResnetServingError
 from resnet_serving.tf_env import quiet_tensorflow_import
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad options end like every other user error: one `error:` line, exit status 2.
+
+    Subparsers inherit the class, so this holds for every subcommand."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     from service import cli as service_cli
     from testdoubles import cli as standin_cli
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="resnet-serving",
         description="Build, train, export, verify, serve, benchmark and load-test Keras ResNets.",
     )

@@ -40,8 +40,9 @@ def check_served_signature(
     *,
     where: str,
 ) -> None:
-    """`contract.signatures.check_signature`, failing the start-up with its message."""
+    """The manifest's `serving_default` rule (`contract.signatures`), failing the start-up."""
+    where = f"{where} (model {manifest.model_name} v{manifest.model_version})"
     try:
-        check_signature(manifest, inputs, outputs, where=where)
+        check_signature(manifest.pixels_signature(), inputs, outputs, where=where)
     except SignatureMismatch as exc:
         raise BackendStartupError(str(exc)) from None

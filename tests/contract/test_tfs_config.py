@@ -17,7 +17,7 @@ from contract.tfs_config import (
     read_monitoring_config,
     write_tfserving_configs,
 )
-from model_builder.errors import ExportError
+from contract.errors import ConfigError
 
 
 def _manifest(name: str, buckets: tuple[int, ...] = (1, 2, 4, 8)) -> Manifest:
@@ -85,7 +85,7 @@ def test_text_uses_tf_serving_field_names(tmp_path: Path) -> None:
     ],
 )
 def test_invalid_sets_are_refused(tmp_path: Path, manifests: list[Manifest], match: str) -> None:
-    with pytest.raises(ExportError, match=match):
+    with pytest.raises(ConfigError, match=match):
         write_tfserving_configs(tmp_path, manifests)
     assert not list(tmp_path.iterdir())
 
@@ -93,5 +93,5 @@ def test_invalid_sets_are_refused(tmp_path: Path, manifests: list[Manifest], mat
 def test_unparsable_file_is_one_line_error(tmp_path: Path) -> None:
     bad = tmp_path / BATCHING_CONFIG
     bad.write_text("max_batch_size: {{ nope", encoding="utf-8")
-    with pytest.raises(ExportError, match=r"cannot parse .* as BatchingParameters"):
+    with pytest.raises(ConfigError, match=r"cannot parse .* as BatchingParameters"):
         read_batching_parameters(bad)
