@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def _run_bench(args: argparse.Namespace) -> int:
     """Handler of `bench`: build or load the model, time the variants, print and save."""
+    # rich, Keras and TensorFlow: only when `bench` runs (the CLI parser is built without them).
     from rich.console import Console
 
     from benchmarks import model_bench as bench
@@ -92,7 +93,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 def _bench_model(args: argparse.Namespace) -> tuple[Any, Any]:
     """The model to time: a run directory's, or `--arch` with random weights (and BN stats)."""
-    import keras
+    import keras  # only when `bench` builds a model
 
     from benchmarks import model_bench as bench
     from model_builder import fold

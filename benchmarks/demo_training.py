@@ -21,8 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 from PIL import Image
+
+from model_builder import demo
+from model_builder.artifacts import load_run_info
+from model_builder.preprocess import normalize
 
 
 def _cpu_seconds() -> float:
@@ -31,10 +36,6 @@ def _cpu_seconds() -> float:
 
 
 def _examples_accuracy(run_dir: Path, examples: Path) -> tuple[int, int]:
-    import keras
-
-    from model_builder.artifacts import load_run_info
-    from model_builder.preprocess import normalize
 
     info = load_run_info(run_dir)
     model = keras.models.load_model(run_dir / "model.keras")
@@ -72,8 +73,6 @@ def main() -> int:
     if args.cores:
         os.sched_setaffinity(0, {int(c) for c in args.cores.split(",")})
     cores = len(os.sched_getaffinity(0))
-
-    from model_builder import demo
 
     load_before = os.getloadavg()
     lines: list[str] = []

@@ -29,8 +29,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import keras
 import numpy as np
 from PIL import Image
+
+from model_builder.artifacts import RunInfo
+from model_builder.export import export_model
+from model_builder.resnet import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "gateway_e2e.md"
@@ -55,11 +60,6 @@ def free_port() -> int:
 
 def export(tmp: Path) -> tuple[Path, Path]:
     """(model_base with the export, the .keras file the naive gateway loads)."""
-    import keras
-
-    from model_builder.artifacts import RunInfo
-    from model_builder.export import export_model
-    from model_builder.resnet import build_model
 
     keras.utils.set_random_seed(0)
     model = build_model("resnet_cifar", input_size=SIZE, num_classes=CLASSES)

@@ -7,6 +7,7 @@ Every wait is bounded and every process started here is stopped by the context t
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import platform
@@ -24,6 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import keras
+import numpy as np
+from PIL import Image
+
+from model_builder.artifacts import RunInfo
+from model_builder.export import export_model
+from model_builder.resnet import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "bench"
@@ -31,11 +39,6 @@ MODEL_NAME = "bench"
 
 def export_bench_model(base: Path, arch: str, size: int, classes: int = 10) -> Path:
     """`arch` at `size`x`size` with random weights, exported with buckets 1..32 under `base`."""
-    import keras
-
-    from model_builder.artifacts import RunInfo
-    from model_builder.export import export_model
-    from model_builder.resnet import build_model
 
     if (base / MODEL_NAME / "1" / "saved_model.pb").exists():
         return base
@@ -171,10 +174,6 @@ class Probe:
 
 
 def png_body(size: int, seed: int = 0) -> bytes:
-    import io
-
-    import numpy as np
-    from PIL import Image
 
     pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     buf = io.BytesIO()

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 from benchmarks.model_bench_report import make_report
 from contract.errors import ResnetServingError
-from contract.manifest import Precision
+from contract.manifest import Precision, read_manifest
 from contract.signatures import OUTPUT_PROBABILITIES, SIGNATURE_PIXELS
 from model_builder.artifacts import RunInfo
+from model_builder.export import export_model
 
 ServeFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 PARITY_IMAGES = 16  # fixed inputs (seed 0) for the folded-vs-unfolded comparison
@@ -115,7 +117,6 @@ def export_variants(
     model: Any, run_info: RunInfo, variants: Sequence[Variant], buckets: Sequence[int], base: Path
 ) -> dict[Variant, Path]:
     """Export each variant as `<base>/v<i>/1` through the real export path."""
-    from model_builder.export import export_model
 
     dirs: dict[Variant, Path] = {}
     for i, v in enumerate(variants):
@@ -136,7 +137,6 @@ def export_variants(
 
 def load_serving(version_dir: Path) -> ServeFn:
     """`serving_default` of a SavedModel as a numpy-in, numpy-out function."""
-    import tensorflow as tf
 
     try:
         fn = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE_PIXELS]
@@ -307,7 +307,6 @@ def bench_export(
     version_dir: Path, buckets: Sequence[int], *, seconds: float, rounds: int
 ) -> dict[str, Any]:
     """Time an existing export as it is (its manifest says precision, XLA and folding)."""
-    from contract.manifest import read_manifest
 
     manifest = read_manifest(version_dir)
     v = Variant(manifest.precision, manifest.xla_compiled, manifest.folded_batchnorm)

@@ -13,6 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import keras
+import tensorflow as tf
+from rich.console import Group
+from rich.table import Table
+
 WHAT = "exported SavedModel serving_default called in-process (no HTTP, not TF Serving)"
 _RESULT_COLS = ("precision", "xla", "fold", "batch", "calls", "images/s", "median ms", "p99 ms",
                 "images/cpu-s", "1st call s")  # fmt: skip
@@ -53,8 +58,6 @@ def make_report(
     parity: Sequence[dict[str, Any]],
 ) -> dict[str, Any]:
     """The whole result of one `bench` run, with machine, date and framework versions."""
-    import keras
-    import tensorflow as tf
 
     return {
         "what": WHAT,
@@ -105,8 +108,6 @@ def _title(report: dict[str, Any]) -> str:
 
 def render(report: dict[str, Any]) -> Any:
     """The report as rich tables (results, ratios, parity) in one renderable."""
-    from rich.console import Group
-    from rich.table import Table
 
     results, ratios, parity = _rows(report)
     tables: list[Any] = []

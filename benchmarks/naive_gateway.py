@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 
+import keras
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
@@ -18,7 +19,6 @@ from PIL import Image
 
 
 def make_app(model_path: str, size: int, num_labels: int) -> FastAPI:
-    import keras
 
     model = keras.models.load_model(model_path, compile=False)
     labels = [f"class_{i}" for i in range(num_labels)]

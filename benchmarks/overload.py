@@ -39,6 +39,7 @@ from benchmarks.gateway_proc import (
     now_utc,
     png_body,
 )
+from service.settings import Settings
 
 RESULTS = ROOT / "benchmarks" / "results"
 MULTIPLES = (1.0, 3.0, 6.0, 0.5)
@@ -246,13 +247,11 @@ requests the generator sent > 2 ms after their scheduled time.
 
 
 def _setting_value(name: str) -> float:
-    from service.settings import Settings
 
     return float(Settings.model_fields[name].default)
 
 
 def _setting(name: str) -> str:
-    from service.settings import Settings
 
     field = Settings.model_fields.get(name)
     return "n/a" if field is None else f"{field.default:g}"

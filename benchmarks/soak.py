@@ -113,9 +113,7 @@ def report(args: argparse.Namespace, step: dict[str, Any], rss: RssSampler, idle
     held = growth < args.bound_mib and errors == 0
     minutes = [f"{t / 60:.0f} min: {mib:.0f}" for t, mib in rss.samples
                if t % 60 < args.sample_s or (t, mib) == rss.samples[-1]]  # fmt: skip
-    cmd = (
-        f"python -m benchmarks.soak --seconds {args.seconds:g} --rate {args.rate:g}"
-    )
+    cmd = f"python -m benchmarks.soak --seconds {args.seconds:g} --rate {args.rate:g}"
     return f"""# Soak: steady load, memory and errors
 
 - Date: {now_utc()}

@@ -27,8 +27,8 @@ from google.protobuf import (
     wrappers_pb2,
 )
 
-from contract.manifest import Manifest
 from contract.errors import ConfigError
+from contract.manifest import Manifest
 
 MODELS_CONFIG = "models.config"
 BATCHING_CONFIG = "batching_parameters.txt"

@@ -7,8 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from contract.manifest import DEFAULT_BUCKETS
-from model_builder.errors import ModelBuilderError, VerifyError
+from contract.manifest import DEFAULT_BUCKETS, Preprocessing
+from model_builder import cli_train
+from model_builder.errors import ExportError, ModelBuilderError, VerifyError
 
 # Kept here (not imported from model_builder.resnet) so `--help` does not import Keras;
 # tests/model_builder/test_cli_build.py checks it against resnet.ARCHITECTURES.
@@ -25,8 +26,6 @@ ARCH_NAMES = (
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this package's subcommands to the top-level parser."""
-    from model_builder import cli_train
-
     _add_build(sub)
     cli_train.register(sub)
     _add_export(sub)
@@ -74,7 +73,7 @@ def _run_build(args: argparse.Namespace) -> int:
             f"Received: --classes={args.classes}"
         )
 
-    from contract.manifest import Preprocessing
+    # Keras and TensorFlow come with these: only when the command runs, never for --help.
     from model_builder import preprocess
     from model_builder.artifacts import MODEL_FILE, RunInfo, save_run_info
     from model_builder.resnet import build_model, get_spec
@@ -202,7 +201,6 @@ def _add_export(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from model_builder.errors import ExportError
 
     version_dir = args.model_base / args.name / str(args.version)
     if version_dir.exists():  # fail before the slow TensorFlow start-up
@@ -210,6 +208,7 @@ def _run_export(args: argparse.Namespace) -> int:
             f"{version_dir} already exists; versions are never overwritten, pick a new one. "
             f"Received: --version {args.version}"
         )
+    # TensorFlow comes with the export: only now, after the cheap checks above.
     from model_builder.artifacts import MODEL_FILE, load_run_info
     from model_builder.export import export_model
 
@@ -239,7 +238,7 @@ def _run_export(args: argparse.Namespace) -> int:
 def _load_keras_model(path: Path) -> Any:
     if not path.is_file():
         raise ModelBuilderError(f"no Keras model at {path}: pass a run directory from build/train")
-    import keras
+    import keras  # only when a command loads a model
 
     try:
         return keras.models.load_model(path, compile=False)
@@ -265,7 +264,7 @@ def _add_verify(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from model_builder.verify import check_export
+    from model_builder.verify import check_export  # TensorFlow: only when verify runs
 
     report = check_export(args.version_dir, args.run, tolerance=args.tolerance)
     for line in report.lines():

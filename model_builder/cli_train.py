@@ -77,7 +77,7 @@ def _add_train(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from model_builder.train import train
+    from model_builder.train import train  # TensorFlow: only when training runs
 
     train(
         args.data,
@@ -122,7 +122,7 @@ def _add_make_dataset(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _run_make_dataset(args: argparse.Namespace) -> int:
-    from model_builder.datasets import write_examples, write_image_folder
+    from model_builder.datasets import write_examples, write_image_folder  # Pillow only
 
     if args.examples:
         paths = write_examples(args.out, size=args.size, seed=args.seed)
@@ -156,7 +156,7 @@ def _add_demo(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from model_builder.demo import run_demo
+    from model_builder.demo import run_demo  # TensorFlow: only when the demo runs
 
     run_demo(
         args.model_base,

@@ -155,7 +155,7 @@ def stratified_split(
 
 def _resize_uint8(image: Any, size: int, rule: Preprocessing) -> Any:
     """Resize one HWC image per the manifest rule and round to uint8, as the gateway sends it."""
-    import tensorflow as tf
+    import tensorflow as tf  # not at import: make-dataset writes images without TF
 
     method = rule.interpolation
     if rule.resize == "stretch":
@@ -174,7 +174,7 @@ def _resize_uint8(image: Any, size: int, rule: Preprocessing) -> Any:
 
 def _augment(image: Any, opts: PipelineOptions, seed: int) -> Any:
     """Random flips, brightness and contrast on a uint8 image; returns float32 in [0, 255]."""
-    import tensorflow as tf
+    import tensorflow as tf  # not at import: make-dataset writes images without TF
 
     x = tf.cast(image, tf.float32)
     if opts.flip in ("horizontal", "both"):
@@ -192,7 +192,7 @@ def _pipelines(
     source: Any, n_items: int, bytes_per_item: int, opts: PipelineOptions, training: bool
 ) -> Any:
     """(uint8 image, label) dataset -> shuffled/augmented (train) or plain (val) batches."""
-    import tensorflow as tf
+    import tensorflow as tf  # not at import: make-dataset writes images without TF
 
     ds = source
     if n_items * bytes_per_item <= _CACHE_LIMIT_BYTES:
@@ -242,7 +242,7 @@ def open_source(
 def make_splits(src: Source, opts: PipelineOptions) -> Splits:
     """Stratified train/val split of `src` -> batched tf.data pipelines per `opts`."""
     tr, va = stratified_split(src.labels, opts.val_split, opts.seed)
-    import tensorflow as tf
+    import tensorflow as tf  # not at import: make-dataset writes images without TF
 
     size = opts.input_size
     rule = opts.preprocessing

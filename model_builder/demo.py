@@ -13,10 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import keras
+
 from model_builder.artifacts import INFO_FILE, MODEL_FILE, load_run_info
 from model_builder.datasets import BUILTIN_SHAPES
 from model_builder.errors import ModelBuilderError
+from model_builder.export import export_model
 from model_builder.train import Log, train
+from model_builder.verify import verify_export
 
 # Chosen to reach >= 95 % validation accuracy in about two minutes on 2 CPU cores
 # (benchmarks/results/demo_training.md).
@@ -52,7 +56,6 @@ def train_demo(run_dir: Path, *, seed: int = 0, log: Log = print, **overrides: A
 
 
 def _export(model: Any, model_base: Path, name: str, version: int, run_dir: Path) -> Path:
-    from model_builder.export import export_model
 
     info = load_run_info(run_dir)
     return export_model(model, model_base=model_base, name=name, version=version, run_info=info)
@@ -60,7 +63,6 @@ def _export(model: Any, model_base: Path, name: str, version: int, run_dir: Path
 
 def _verify(version_dir: Path, run_dir: Path, log: Log) -> None:
     """Run `verify`'s checks; a failed check raises VerifyError (one line per check)."""
-    from model_builder.verify import verify_export
 
     report = verify_export(version_dir, run_dir)
     for line in report.lines():
@@ -99,8 +101,6 @@ def run_demo(
     accuracy = load_run_info(run_dir).val_accuracy or 0.0
     if accuracy < TARGET_ACCURACY:
         log(f"demo: warning: validation accuracy {accuracy:.2%} is below {TARGET_ACCURACY:.0%}")
-
-    import keras
 
     log(f"demo: exporting to {version_dir}")
     start = time.perf_counter()

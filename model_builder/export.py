@@ -21,6 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import keras
+import tensorflow as tf
+
+from contract import __version__
 from contract.errors import ManifestError
 from contract.manifest import (
     DEFAULT_BUCKETS,
@@ -29,6 +33,7 @@ from contract.manifest import (
     Manifest,
     Precision,
     Preprocessing,
+    latest_version_dir,
     read_manifest,
     write_manifest,
 )
@@ -41,9 +46,12 @@ from contract.signatures import (
     SIGNATURE_BYTES,
     SIGNATURE_PIXELS,
 )
+from contract.tfs_config import write_tfserving_configs
 from model_builder.artifacts import RunInfo
 from model_builder.errors import ExportError
+from model_builder.fold import fold_batchnorm as _fold
 from model_builder.preprocess import normalize
+from model_builder.warmup import write_warmup_requests
 
 _MIXED_POLICY: dict[str, str] = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
@@ -68,9 +76,6 @@ def export_model(
     BatchNorm is folded into the convolutions by default: same top-1, probabilities within
     1e-6 relative, fewer CPU-seconds per image (benchmarks/results/model_cpu.md).
     """
-    import tensorflow as tf
-
-    from contract.tfs_config import write_tfserving_configs
 
     model_base = Path(model_base)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -102,8 +107,6 @@ def export_model(
             )
 
     if fold_batchnorm:
-        from model_builder.fold import fold_batchnorm as _fold
-
         model = _fold(model)
     if precision != "float32":
         model = cast_precision(model, precision)
@@ -123,7 +126,6 @@ def export_model(
         )
         _write_labels(tmp_dir, run_info.labels)
         write_manifest(manifest, tmp_dir)
-        from model_builder.warmup import write_warmup_requests
 
         write_warmup_requests(
             tmp_dir,
@@ -146,7 +148,6 @@ def build_serving_module(
     model: Any, run_info: RunInfo, *, top_k: int, jit_compile: bool = True
 ) -> Any:
     """A tf.Module holding `model` and both serving functions (`serve_pixels`, `serve_bytes`)."""
-    import tensorflow as tf
 
     height, width = run_info.input_height, run_info.input_width
     norm = run_info.normalization
@@ -193,7 +194,6 @@ def decode_and_resize(data: Any, height: int, width: int, prep: Preprocessing) -
     Alpha (RGBA or grey+alpha) is composited onto `prep.background_rgb`. EXIF orientation is
     not applied in graph (the gateway applies it); clients of `serving_bytes` send upright images.
     """
-    import tensorflow as tf
 
     img = tf.io.decode_image(data, channels=0, expand_animations=False, dtype=tf.uint8)
     channels = tf.shape(img)[-1]
@@ -236,7 +236,6 @@ def cast_precision(model: Any, precision: Precision) -> Any:
     Variables stay float32 (mixed policy); compute runs in bf16/fp16. The serving graph casts
     the model's outputs back to float32 before softmax.
     """
-    import keras
 
     if precision == "float32":
         return model
@@ -270,10 +269,6 @@ def _build_manifest(
     fold_batchnorm: bool,
     jit_compile: bool = True,
 ) -> Manifest:
-    import keras
-    import tensorflow as tf
-
-    from contract import __version__
 
     try:
         return Manifest(
@@ -322,7 +317,6 @@ def _write_labels(version_dir: Path, labels: Sequence[str]) -> None:
 
 def _other_manifests(model_base: Path, *, exclude: str) -> list[Manifest]:
     """The latest version's manifest of every other model under `model_base`."""
-    from contract.manifest import latest_version_dir
 
     found: list[Manifest] = []
     if not model_base.is_dir():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 import numpy as np
 
 from model_builder.errors import ExportError
@@ -21,7 +22,6 @@ def foldable_pairs(model: Any) -> dict[str, str]:
     A pair folds when the conv is linear (no activation), channels-last or -first with the BN
     on the channel axis, both are called once, and the BN is the conv's only consumer.
     """
-    import keras
 
     pairs: dict[str, str] = {}
     for bn in model.layers:
@@ -48,7 +48,6 @@ def fold_batchnorm(model: Any) -> Any:
     Layer names, other layers and the graph (residual adds included) are kept; weights are
     copied, so the original model is left untouched.
     """
-    import keras
 
     if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
         raise ExportError(
@@ -105,7 +104,6 @@ def randomize_batchnorm(model: Any, seed: int = 0) -> None:
 
     Fresh layers have gamma=1, beta=0, mean=0, var=1: folding them changes nothing.
     """
-    import keras
 
     rng = np.random.default_rng(seed)
     for layer in model.layers:

@@ -16,7 +16,7 @@ UNIT_SCALE = Normalization()
 
 def normalize(images: Any, norm: Normalization) -> Any:
     """uint8 (or float) RGB NHWC tensor -> float32 model input, per `norm`. Works in tf graphs."""
-    import tensorflow as tf
+    import tensorflow as tf  # not at import: datasets imports this for make-dataset too
 
     x = tf.cast(images, tf.float32)
     if norm.model_channel_order == "BGR":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import keras
 import numpy as np
 
 from contract.manifest import Preprocessing
@@ -28,6 +29,7 @@ from model_builder.datasets import (
 )
 from model_builder.errors import ModelBuilderError
 from model_builder.preprocess import UNIT_SCALE
+from model_builder.resnet import build_model, get_spec
 
 MixedPrecision = Literal["none", "float16", "bfloat16"]
 Log = Callable[[str], None]
@@ -97,7 +99,6 @@ def _build_model(
     arch: str, input_size: int, num_classes: int, width: int | None, dropout: float | None
 ) -> Any:
     """The one call site of `model_builder.resnet.build_model`."""
-    from model_builder.resnet import build_model
 
     return build_model(
         arch, input_size=input_size, num_classes=num_classes, width=width, dropout=dropout
@@ -106,7 +107,6 @@ def _build_model(
 
 def _float32_logits(model: Any) -> Any:
     """Under mixed precision keep the logits float32 (stable softmax and loss)."""
-    import keras
 
     if model.outputs[0].dtype == "float32":
         return model
@@ -120,7 +120,6 @@ class _EpochLine:
     """Keras callback: one log line per epoch (readable in CI logs, unlike progress bars)."""
 
     def __new__(cls, log: Log, epochs: int) -> Any:
-        import keras
 
         class EpochLine(keras.callbacks.Callback):
             def __init__(self) -> None:
@@ -185,8 +184,6 @@ def train(
     # Dataset problems are reported before TensorFlow or Keras is even imported.
     src = open_source(data, input_size=input_size, seed=seed, samples_per_class=samples_per_class)
 
-    from model_builder.resnet import get_spec
-
     # The serving resize rule is the architecture's (crop fraction), so train with it too.
     preprocessing = Preprocessing(crop_fraction=get_spec(arch).crop_fraction)
     opts = PipelineOptions(
@@ -200,8 +197,6 @@ def train(
     )
     splits = make_splits(src, opts)
     log(f"data: {data}  classes {len(splits.labels)}  train {splits.n_train}  val {splits.n_val}")
-
-    import keras
 
     keras.utils.set_random_seed(seed)
     previous_policy = keras.mixed_precision.global_policy()

@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import saved_model_pb2
 
 from contract.errors import ManifestError
 from contract.manifest import LABELS_RELPATH, Manifest, read_manifest
@@ -26,7 +30,10 @@ from contract.signatures import (
     SIGNATURE_BYTES,
     SIGNATURE_PIXELS,
 )
+from model_builder.artifacts import MODEL_FILE, load_run_info
 from model_builder.errors import ModelBuilderError, VerifyError
+from model_builder.preprocess import normalize
+from model_builder.warmup import read_warmup_requests
 
 # Max |p_export - p_keras| per precision. float32 differs only by XLA's fused re-ordering;
 # bf16 keeps ~3 significant digits, fp16 ~3.3, and errors accumulate over the layers.
@@ -94,7 +101,6 @@ def check_export(
     `use_cli=False` reads the SignatureDefs from saved_model.pb directly instead of running
     `saved_model_cli` (same data, without a second TensorFlow start-up).
     """
-    import tensorflow as tf
 
     version_dir = Path(version_dir)
     report = VerifyReport(version_dir)
@@ -156,22 +162,15 @@ def _check_parity(
     model: Any,
     tolerance: float | None,
 ) -> Check:
-    import tensorflow as tf
-
-    from model_builder.preprocess import normalize
 
     outputs_logits = True
     if model is None and run_dir is None:
         return Check("parity", True, "skipped: no --run directory or model given")
     try:
         if run_dir is not None:
-            from model_builder.artifacts import MODEL_FILE, load_run_info
-
             info = load_run_info(run_dir)
             outputs_logits = info.outputs_logits
             if model is None:
-                import keras
-
                 model = keras.models.load_model(Path(run_dir) / MODEL_FILE, compile=False)
     except (ModelBuilderError, OSError, ValueError) as exc:
         return Check("parity", False, f"cannot load the Keras model from {run_dir}: {exc}")
@@ -263,7 +262,6 @@ def parse_saved_model_cli(text: str) -> dict[str, dict[str, tuple[str, str]]]:
 
 def signature_table(version_dir: Path) -> dict[str, dict[str, tuple[str, str]]]:
     """The same table as `parse_saved_model_cli`, read from saved_model.pb's SignatureDefs."""
-    from tensorflow.core.framework import types_pb2
 
     sigs: dict[str, dict[str, tuple[str, str]]] = {}
     for name, sig in _read_saved_model(version_dir).meta_graphs[0].signature_def.items():
@@ -277,7 +275,6 @@ def signature_table(version_dir: Path) -> dict[str, dict[str, tuple[str, str]]]:
 
 
 def _read_saved_model(version_dir: Path) -> Any:
-    from tensorflow.core.protobuf import saved_model_pb2
 
     sm = saved_model_pb2.SavedModel()
     sm.ParseFromString((version_dir / "saved_model.pb").read_bytes())
@@ -316,9 +313,6 @@ def _check_xla(version_dir: Path) -> Check:
 
 
 def _check_warmup(version_dir: Path, loaded: Any, m: Manifest) -> Check:
-    import tensorflow as tf
-
-    from model_builder.warmup import read_warmup_requests
 
     try:
         requests = read_warmup_requests(version_dir)

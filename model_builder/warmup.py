@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from contract.manifest import WARMUP_RELPATH
 from contract.signatures import INPUT_PIXELS, SIGNATURE_PIXELS
@@ -29,8 +31,6 @@ def write_warmup_requests(
     version_dir: Path, *, model_name: str, height: int, width: int, buckets: Sequence[int]
 ) -> Path:
     """Write one `serving_default` PredictRequest per bucket; returns the file path."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     path = version_dir / WARMUP_RELPATH
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,8 +51,6 @@ def write_warmup_requests(
 
 def read_warmup_requests(version_dir: Path) -> list[Any]:
     """Parse every record of the warmup file back into PredictRequest protos."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import prediction_log_pb2
 
     path = version_dir / WARMUP_RELPATH
     requests = []

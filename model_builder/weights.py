@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
+from keras.utils import get_file
 
 from model_builder.errors import WeightsError
 
@@ -116,7 +118,6 @@ def imagenet_file(
     wanted = names[0]
     if not download:
         raise WeightsError(_absent(home, wanted, "downloads are off"))
-    from keras.utils import get_file
 
     md5 = files.top_md5 if top else files.notop_md5
     try:
@@ -146,7 +147,6 @@ def _absent(home: Path, name: str, why: str) -> str:
 
 def read_weights_file(path: Path) -> dict[str, list[np.ndarray]]:
     """`{layer name: arrays in the layer's weight order}` for layers that have weights."""
-    import h5py
 
     try:
         if path.suffix == ".keras":

@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load, listen, print one ready line, serve until SIGTERM/SIGINT, stop cleanly."""
-    from testdoubles.standin import StandIn
+    from testdoubles.standin import StandIn  # TensorFlow: only when the stand-in runs
 
     standin = StandIn(
         args.model_base,

@@ -15,6 +15,10 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import multiprocessing as mp
+import os
+import signal
+import socket
 import sys
 from dataclasses import dataclass
 from typing import cast
@@ -146,7 +150,7 @@ def _serve(port: int, delay_ms: float, use_uvloop: bool, reuse_port: bool, annou
 
     with contextlib.suppress(KeyboardInterrupt):
         if use_uvloop:
-            import uvloop
+            import uvloop  # optional: only with --uvloop
 
             uvloop.run(serve())
         else:
@@ -166,16 +170,11 @@ def main() -> None:
                     "(stands in for the gateway in sweep tests)")  # fmt: skip
     args = ap.parse_args()
     if args.from_env:
-        import os
-
         args.port = int(os.environ.get("RESNET_SERVING_PORT", args.port))
         args.delay_ms = float(os.environ.get("RESNET_SERVING_MAX_WAIT_MS", args.delay_ms))
     if args.processes <= 1:
         _serve(args.port, args.delay_ms, args.uvloop, False, True)
         return
-    import multiprocessing as mp
-    import signal
-    import socket
 
     if args.port == 0:  # every process must bind the same port: pick it here
         with socket.socket() as s:

@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
-from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_log_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from contract.errors import ManifestError
 from contract.manifest import WARMUP_RELPATH, Manifest, read_manifest, version_dir
@@ -51,8 +60,6 @@ class _Servable:
     """One loaded version: its callable signatures and its SignatureDef map (for metadata)."""
 
     def __init__(self, path: Path) -> None:
-        import tensorflow as tf
-        from tensorflow.core.protobuf import saved_model_pb2
 
         self.path = path
         self.version = int(path.name)
@@ -113,8 +120,6 @@ class StandIn:
         self._run_warmup(path)
 
     def _run_warmup(self, path: Path) -> None:
-        import tensorflow as tf
-        from tensorflow_serving.apis import prediction_log_pb2
 
         records = path / WARMUP_RELPATH
         if not records.is_file():
@@ -193,8 +198,6 @@ class StandIn:
 
     def predict(self, request: Any, *, delay: bool = True) -> Any:
         """Run one PredictRequest; `_Abort` carries the status for a bad request."""
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2
 
         servable = self.resolve(request.model_spec)
         sig_name = request.model_spec.signature_name or SIGNATURE_PIXELS
@@ -273,7 +276,6 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             _abort(context, exc)
 
     def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-        from tensorflow_serving.apis import get_model_metadata_pb2
 
         try:
             servable = self._standin.resolve(request.model_spec)
@@ -306,7 +308,6 @@ class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self._standin = standin
 
     def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
-        from tensorflow_serving.apis import get_model_status_pb2
 
         spec = request.model_spec
         servable = self._standin.servable

@@ -226,6 +226,7 @@ def run_keras(
     limit: float,
     state: dict[str, Any],
 ) -> None:
+    # jax, keras and torch are imported where used: a run may skip either framework.
     import jax
     import jax.numpy as jnp
     import keras

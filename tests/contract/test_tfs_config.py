@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.errors import ConfigError
 from contract.manifest import InputSpec, Manifest
 from contract.tfs_config import (
     BATCHING_CONFIG,
@@ -17,7 +18,6 @@ from contract.tfs_config import (
     read_monitoring_config,
     write_tfserving_configs,
 )
-from contract.errors import ConfigError
 
 
 def _manifest(name: str, buckets: tuple[int, ...] = (1, 2, 4, 8)) -> Manifest:
