@@ -106,7 +106,7 @@ def array_tensor(array: np.ndarray) -> Any:
     kind = _BY_NAME.get(array.dtype.name)
     if kind is None or not kind.content or kind.array != array.dtype.name:
         raise TensorError(
-            "arrays must have a dtype TF Serving reads: "
+            f"arrays must hold strings or have one of the dtypes "
             f"{[k.name for k in _KINDS if k.array == k.name]}. Received: dtype={array.dtype}"
         )
     return tfs_protos.TensorProto(
