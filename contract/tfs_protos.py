@@ -533,6 +533,8 @@ def message_class(full_name: str) -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # The classes. Typed Any: protobuf builds them at run time, so mypy cannot see their fields.
+# Nested classes (TensorShapeProto.Dim) are class attributes under upb but not under the pure
+# Python backend: reach them with `message_class(...)` or `shape.dim.add(size=...)`.
 
 AnyProto: Any = message_class("google.protobuf.Any")
 Int64Value: Any = message_class("google.protobuf.Int64Value")
@@ -562,7 +564,9 @@ PredictionLog: Any = message_class("tensorflow.serving.PredictionLog")
 FileSystemStoragePathSourceConfig: Any = message_class(
     "tensorflow.serving.FileSystemStoragePathSourceConfig"
 )
-ServableVersionPolicy: Any = FileSystemStoragePathSourceConfig.ServableVersionPolicy
+ServableVersionPolicy: Any = message_class(
+    "tensorflow.serving.FileSystemStoragePathSourceConfig.ServableVersionPolicy"
+)
 ModelConfig: Any = message_class("tensorflow.serving.ModelConfig")
 ModelConfigList: Any = message_class("tensorflow.serving.ModelConfigList")
 ModelServerConfig: Any = message_class("tensorflow.serving.ModelServerConfig")

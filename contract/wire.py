@@ -86,9 +86,10 @@ def _kind(name: str) -> _Kind:
 
 
 def _shape_proto(shape: Iterable[int]) -> Any:
-    return tfs_protos.TensorShapeProto(
-        dim=[tfs_protos.TensorShapeProto.Dim(size=int(d)) for d in shape]
-    )
+    proto = tfs_protos.TensorShapeProto()
+    for size in shape:
+        proto.dim.add(size=int(size))
+    return proto
 
 
 def array_tensor(array: np.ndarray) -> Any:
@@ -206,7 +207,7 @@ def _from_values(values: Sequence[Any], kind: _Kind, count: int, name: str) -> n
     elif kind.field == "int_val":
         flat = _checked_ints(values, np.dtype(kind.array), kind, name)
     else:
-        flat = np.fromiter(values, dtype=kind.array, count=len(values))
+        flat = np.asarray(values, dtype=kind.array)  # upb's containers have a fast __array__
     if flat.size == 1 and count != 1:
         flat = np.full(count, flat[0], dtype=flat.dtype)  # TF's rule: one value fills the shape
     return flat.astype(kind.array, copy=False)
@@ -214,7 +215,7 @@ def _from_values(values: Sequence[Any], kind: _Kind, count: int, name: str) -> n
 
 def _checked_ints(values: Sequence[int], to: Any, kind: _Kind, name: str) -> np.ndarray:
     """int32 wire values -> a narrower integer type, refusing values that do not fit."""
-    wide = np.fromiter(values, dtype=np.int64, count=len(values))
+    wide = np.asarray(values, dtype=np.int64)
     info = np.iinfo(to)
     if wide.size and (wide.min() < info.min or wide.max() > info.max):
         bad = wide[(wide < info.min) | (wide > info.max)][0]
