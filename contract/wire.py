@@ -100,7 +100,7 @@ def array_tensor(array: np.ndarray) -> Any:
     """
     array = np.asarray(array)
     if array.dtype.kind in "SUO":
-        values = [v.encode() if isinstance(v, str) else bytes(v) for v in array.ravel().tolist()]
+        values = [_string_bytes(v) for v in array.ravel().tolist()]
         return tfs_protos.TensorProto(
             dtype=DataType.DT_STRING, tensor_shape=_shape_proto(array.shape), string_val=values
         )
@@ -113,8 +113,19 @@ def array_tensor(array: np.ndarray) -> Any:
     return tfs_protos.TensorProto(
         dtype=kind.dtype,
         tensor_shape=_shape_proto(array.shape),
-        # One copy: tobytes writes C order and the wire's byte order in a single pass.
+        # astype is free for little-endian arrays; tobytes is then our one copy, in C order
+        # even from a strided view. (protobuf keeps its own copy of the bytes it is given.)
         tensor_content=array.astype(kind.content, copy=False).tobytes(order="C"),
+    )
+
+
+def _string_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    raise TensorError(
+        f"string tensors hold str or bytes. Received: {type(value).__name__} {value!r}"
     )
 
 

@@ -115,6 +115,11 @@ def test_array_tensor_strings_go_as_string_val(tf: Any) -> None:
     assert proto.SerializeToString() == real.SerializeToString()
 
 
+def test_array_tensor_refuses_objects_that_are_not_strings() -> None:
+    with pytest.raises(TensorError, match=r"hold str or bytes\. Received: int 5"):
+        wire.array_tensor(np.array([b"a", 5], dtype=object))
+
+
 @pytest.mark.parametrize("dtype", ["complex64", "uint16", "datetime64[s]"])
 def test_array_tensor_refuses_dtypes_we_do_not_send(dtype: str) -> None:
     with pytest.raises(TensorError, match=re.escape(f"Received: dtype={dtype}")):
