@@ -4,31 +4,27 @@
     batching_parameters.txt   BatchingParameters (--enable_batching --batching_parameters_file)
     monitoring.config         MonitoringConfig (--monitoring_config_file)
 
-Each file is a text-format proto built from the real message schema and rendered with
-`google.protobuf.text_format`, so it is valid by construction. `ModelServerConfig` comes from
-the tensorflow-serving-api wheel; `BatchingParameters` and `MonitoringConfig` are not shipped
-in that wheel, so their schemas (field names and numbers copied from tensorflow/serving's
-`session_bundle_config.proto` and `monitoring_config.proto`) are declared below in a private
-descriptor pool.
+Each file is a text-format proto built from the message schema in `contract.tfs_protos` and
+rendered with `google.protobuf.text_format`, so it is valid by construction. Every writer
+goes through a rename, so a server polling the file never reads half of it.
+
+The batching rule is the contract's: `allowed_batch_sizes` are exactly the export's batch
+buckets and `max_batch_size` is the largest of them, so TF Serving pads every batch to a
+shape XLA compiled during warmup and never meets a new one. `batching_parameters` refuses
+anything else, whoever asks (the export, or a sweep trying settings).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import (
-    descriptor_pb2,
-    descriptor_pool,
-    message_factory,
-    text_format,
-    wrappers_pb2,
-)
+from google.protobuf import text_format
 
 from contract.errors import ConfigError
 from contract.manifest import Manifest
+from contract.tfs_protos import BatchingParameters, ModelServerConfig, MonitoringConfig
 
 MODELS_CONFIG = "models.config"
 BATCHING_CONFIG = "batching_parameters.txt"
@@ -36,80 +32,77 @@ MONITORING_CONFIG = "monitoring.config"
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
 # Defaults for a single GPU: a short wait so a batch forms under load without adding much
-# latency at low load; one batch thread per GPU stream is enough.
+# latency at low load; a few batch threads keep the GPU fed while one batch is copied.
 DEFAULT_BATCH_TIMEOUT_MICROS = 2000
 DEFAULT_NUM_BATCH_THREADS = 4
 DEFAULT_MAX_ENQUEUED_BATCHES = 100
 
-_TYPE = descriptor_pb2.FieldDescriptorProto
+
+def models_config(manifests: Sequence[Manifest], *, serving_base_path: str = "/models") -> Any:
+    """ModelServerConfig with one entry per model name (the last manifest of a name wins).
+
+    `serving_base_path` is where `model_base` is mounted inside the TF Serving container.
+    """
+    if not manifests:
+        raise ConfigError("no exported models to configure")
+    by_name = {m.model_name: m for m in manifests}
+    server = ModelServerConfig()
+    for name in sorted(by_name):
+        cfg = server.model_config_list.config.add()
+        cfg.name = name
+        cfg.base_path = f"{serving_base_path.rstrip('/')}/{name}"
+        cfg.model_platform = "tensorflow"
+    return server
 
 
-@cache
-def _messages() -> dict[str, Any]:
-    """Message classes for BatchingParameters and MonitoringConfig (tensorflow.serving)."""
-    pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-    pool.Add(wrappers)
+def batching_parameters(
+    buckets: Sequence[int],
+    *,
+    max_batch_size: int | None = None,
+    batch_timeout_micros: int = DEFAULT_BATCH_TIMEOUT_MICROS,
+    num_batch_threads: int = DEFAULT_NUM_BATCH_THREADS,
+    max_enqueued_batches: int = DEFAULT_MAX_ENQUEUED_BATCHES,
+) -> Any:
+    """BatchingParameters that pad to exactly `buckets`; ConfigError for anything that breaks them.
 
-    f = descriptor_pb2.FileDescriptorProto(
-        name="resnet_serving/tfserving_subset.proto",
-        package="tensorflow.serving",
-        syntax="proto3",
-        dependency=["google/protobuf/wrappers.proto"],
-    )
-    bp = f.message_type.add(name="BatchingParameters")
-    for name, number, wrapper in [
-        ("max_batch_size", 1, ".google.protobuf.Int64Value"),
-        ("batch_timeout_micros", 2, ".google.protobuf.Int64Value"),
-        ("max_enqueued_batches", 3, ".google.protobuf.Int64Value"),
-        ("num_batch_threads", 4, ".google.protobuf.Int64Value"),
-        ("thread_pool_name", 5, ".google.protobuf.StringValue"),
-    ]:
-        bp.field.add(
-            name=name,
-            number=number,
-            type=_TYPE.TYPE_MESSAGE,
-            label=_TYPE.LABEL_OPTIONAL,
-            type_name=wrapper,
+    `max_batch_size` may be given (a sweep tries several) but must be one of the buckets: the
+    allowed sizes are the buckets up to it, and TF Serving requires the last allowed size to
+    equal max_batch_size.
+    """
+    sizes = list(buckets)
+    if not sizes or sizes != sorted(set(sizes)) or sizes[0] < 1:
+        raise ConfigError(
+            f"batch buckets must be strictly increasing positive ints. Received: {sizes}"
         )
-    bp.field.add(
-        name="allowed_batch_sizes", number=6, type=_TYPE.TYPE_INT64, label=_TYPE.LABEL_REPEATED
-    )
-    bp.field.add(
-        name="pad_variable_length_inputs",
-        number=7,
-        type=_TYPE.TYPE_BOOL,
-        label=_TYPE.LABEL_OPTIONAL,
-    )
-    prom = f.message_type.add(name="PrometheusConfig")
-    prom.field.add(name="enable", number=1, type=_TYPE.TYPE_BOOL, label=_TYPE.LABEL_OPTIONAL)
-    prom.field.add(name="path", number=2, type=_TYPE.TYPE_STRING, label=_TYPE.LABEL_OPTIONAL)
-    mon = f.message_type.add(name="MonitoringConfig")
-    mon.field.add(
-        name="prometheus_config",
-        number=1,
-        type=_TYPE.TYPE_MESSAGE,
-        label=_TYPE.LABEL_OPTIONAL,
-        type_name=".tensorflow.serving.PrometheusConfig",
-    )
-    pool.Add(f)
-    return {
-        name: message_factory.GetMessageClass(
-            pool.FindMessageTypeByName(f"tensorflow.serving.{name}")
+    top = sizes[-1] if max_batch_size is None else max_batch_size
+    if top not in sizes:
+        raise ConfigError(
+            f"max_batch_size must be one of the export's batch buckets {sizes}, or TF Serving "
+            f"would pad to a shape XLA never compiled. Received: max_batch_size={top}"
         )
-        for name in ("BatchingParameters", "MonitoringConfig")
-    }
+    for name, value, low in (
+        ("batch_timeout_micros", batch_timeout_micros, 0),
+        ("num_batch_threads", num_batch_threads, 1),
+        ("max_enqueued_batches", max_enqueued_batches, 1),
+    ):
+        if value < low:
+            raise ConfigError(f"{name} must be >= {low}. Received: {name}={value}")
+    params = BatchingParameters()
+    params.max_batch_size.value = top
+    params.batch_timeout_micros.value = batch_timeout_micros
+    params.max_enqueued_batches.value = max_enqueued_batches
+    params.num_batch_threads.value = num_batch_threads
+    params.allowed_batch_sizes.extend(s for s in sizes if s <= top)
+    params.pad_variable_length_inputs = False
+    return params
 
 
-def batching_parameters_class() -> Any:
-    """The BatchingParameters message class (tensorflow.serving schema)."""
-    return _messages()["BatchingParameters"]
-
-
-def monitoring_config_class() -> Any:
-    """The MonitoringConfig message class (tensorflow.serving schema)."""
-    return _messages()["MonitoringConfig"]
+def monitoring_config() -> Any:
+    """MonitoringConfig with TF Serving's Prometheus endpoint on at PROMETHEUS_PATH."""
+    monitoring = MonitoringConfig()
+    monitoring.prometheus_config.enable = True
+    monitoring.prometheus_config.path = PROMETHEUS_PATH
+    return monitoring
 
 
 def write_tfserving_configs(
@@ -123,12 +116,8 @@ def write_tfserving_configs(
 ) -> dict[str, Path]:
     """Write the three config files for `manifests` (one per model) under `model_base`.
 
-    `serving_base_path` is where `model_base` is mounted inside the TF Serving container.
-    All models must share batch buckets: TF Serving has one batching file for the server, and
-    `allowed_batch_sizes` must be exactly the buckets so XLA never meets a new batch shape.
+    All models must share batch buckets: TF Serving has one batching file for the server.
     """
-    from tensorflow_serving.config import model_server_config_pb2
-
     if not manifests:
         raise ConfigError(f"no exported models to configure under {model_base}")
     buckets = manifests[0].batch_buckets
@@ -139,58 +128,44 @@ def write_tfserving_configs(
                 f"{manifests[0].model_name} has {list(buckets)}. "
                 f"Received: {m.model_name} buckets={list(m.batch_buckets)}"
             )
-    by_name = {m.model_name: m for m in manifests}  # one entry per model, last one wins
-
-    server = model_server_config_pb2.ModelServerConfig()
-    for name in sorted(by_name):
-        cfg = server.model_config_list.config.add()
-        cfg.name = name
-        cfg.base_path = f"{serving_base_path.rstrip('/')}/{name}"
-        cfg.model_platform = "tensorflow"
-
-    batching = batching_parameters_class()()
-    batching.max_batch_size.value = buckets[-1]
-    batching.batch_timeout_micros.value = batch_timeout_micros
-    batching.max_enqueued_batches.value = max_enqueued_batches
-    batching.num_batch_threads.value = num_batch_threads
-    batching.allowed_batch_sizes.extend(buckets)
-    batching.pad_variable_length_inputs = False
-
-    monitoring = monitoring_config_class()()
-    monitoring.prometheus_config.enable = True
-    monitoring.prometheus_config.path = PROMETHEUS_PATH
-
     model_base = Path(model_base)
     model_base.mkdir(parents=True, exist_ok=True)
-    paths = {
-        MODELS_CONFIG: model_base / MODELS_CONFIG,
-        BATCHING_CONFIG: model_base / BATCHING_CONFIG,
-        MONITORING_CONFIG: model_base / MONITORING_CONFIG,
+    messages = {
+        MODELS_CONFIG: models_config(manifests, serving_base_path=serving_base_path),
+        BATCHING_CONFIG: batching_parameters(
+            buckets,
+            batch_timeout_micros=batch_timeout_micros,
+            num_batch_threads=num_batch_threads,
+            max_enqueued_batches=max_enqueued_batches,
+        ),
+        MONITORING_CONFIG: monitoring_config(),
     }
-    for key, message in [
-        (MODELS_CONFIG, server),
-        (BATCHING_CONFIG, batching),
-        (MONITORING_CONFIG, monitoring),
-    ]:
-        _write_atomic(paths[key], text_format.MessageToString(message))
-    return paths
+    return {name: write_text_proto(model_base / name, msg) for name, msg in messages.items()}
+
+
+def write_text_proto(path: Path, message: Any) -> Path:
+    """`message` as a text proto at `path`, written beside and renamed into place."""
+    # TF Serving polls models.config; a rename means it never reads half a file.
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text_format.MessageToString(message), encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def read_models_config(path: Path) -> Any:
     """Parse `models.config` back into a ModelServerConfig."""
-    from tensorflow_serving.config import model_server_config_pb2
-
-    return _parse(path, model_server_config_pb2.ModelServerConfig())
+    return _parse(path, ModelServerConfig())
 
 
 def read_batching_parameters(path: Path) -> Any:
     """Parse `batching_parameters.txt` back into a BatchingParameters message."""
-    return _parse(path, batching_parameters_class()())
+    return _parse(path, BatchingParameters())
 
 
 def read_monitoring_config(path: Path) -> Any:
     """Parse `monitoring.config` back into a MonitoringConfig message."""
-    return _parse(path, monitoring_config_class()())
+    return _parse(path, MonitoringConfig())
 
 
 def _parse(path: Path, message: Any) -> Any:
@@ -198,10 +173,3 @@ def _parse(path: Path, message: Any) -> Any:
         return text_format.Parse(Path(path).read_text(encoding="utf-8"), message)
     except (OSError, text_format.ParseError) as exc:
         raise ConfigError(f"cannot parse {path} as {message.DESCRIPTOR.name}: {exc}") from None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # TF Serving polls models.config; a rename means it never reads half a file.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

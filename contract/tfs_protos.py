@@ -20,14 +20,14 @@ loaded in one process; a message crosses between them only as bytes.
     google.protobuf     Any, Int64Value, StringValue (copied from protobuf's own descriptors)
 
 Messages are classes built by `message_factory` (typed `Any`), enums are `IntEnum`s whose
-members are the descriptor's values. `prediction_service(channel)` and `model_service(channel)`
-return stubs for a `grpc.Channel` or `grpc.aio.Channel`; grpc itself is not imported here.
+members are the descriptor's values. The gRPC method paths and stubs are in
+`contract.tfs_grpc`.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from google.protobuf import (
     any_pb2,
@@ -36,60 +36,6 @@ from google.protobuf import (
     message_factory,
     wrappers_pb2,
 )
-
-if TYPE_CHECKING:
-    import grpc
-
-__all__ = [
-    "GET_MODEL_METADATA",
-    "GET_MODEL_STATUS",
-    "HANDLE_RELOAD_CONFIG_REQUEST",
-    "METHODS",
-    "POOL",
-    "PREDICT",
-    "AnyProto",
-    "BatchingParameters",
-    "DataType",
-    "ErrorCode",
-    "FileSystemStoragePathSourceConfig",
-    "GetModelMetadataRequest",
-    "GetModelMetadataResponse",
-    "GetModelStatusRequest",
-    "GetModelStatusResponse",
-    "Int64Value",
-    "LogMetadata",
-    "Method",
-    "Metric",
-    "ModelConfig",
-    "ModelConfigList",
-    "ModelServerConfig",
-    "ModelServiceStub",
-    "ModelSpec",
-    "ModelType",
-    "ModelVersionState",
-    "ModelVersionStatus",
-    "MonitoringConfig",
-    "PredictLog",
-    "PredictRequest",
-    "PredictResponse",
-    "PredictionLog",
-    "PredictionServiceStub",
-    "PrometheusConfig",
-    "ReloadConfigRequest",
-    "ReloadConfigResponse",
-    "ServableVersionPolicy",
-    "SignatureDef",
-    "SignatureDefMap",
-    "StatusProto",
-    "StringValue",
-    "TensorInfo",
-    "TensorProto",
-    "TensorShapeProto",
-    "message_class",
-    "model_service",
-    "prediction_service",
-    "unary_unary",
-]
 
 # ---------------------------------------------------------------------------------------------
 # Enums: the Python members are the table the descriptors are built from.
@@ -573,71 +519,3 @@ ModelServerConfig: Any = message_class("tensorflow.serving.ModelServerConfig")
 BatchingParameters: Any = message_class("tensorflow.serving.BatchingParameters")
 PrometheusConfig: Any = message_class("tensorflow.serving.PrometheusConfig")
 MonitoringConfig: Any = message_class("tensorflow.serving.MonitoringConfig")
-
-
-# ---------------------------------------------------------------------------------------------
-# gRPC: method paths and stubs that work on grpc.Channel and grpc.aio.Channel alike.
-
-
-class Method(NamedTuple):
-    """One unary RPC: its path on the wire and its request and response classes."""
-
-    path: str
-    request: Any
-    response: Any
-
-
-PREDICT: Final = Method(
-    "/tensorflow.serving.PredictionService/Predict", PredictRequest, PredictResponse
-)
-GET_MODEL_METADATA: Final = Method(
-    "/tensorflow.serving.PredictionService/GetModelMetadata",
-    GetModelMetadataRequest,
-    GetModelMetadataResponse,
-)
-GET_MODEL_STATUS: Final = Method(
-    "/tensorflow.serving.ModelService/GetModelStatus",
-    GetModelStatusRequest,
-    GetModelStatusResponse,
-)
-HANDLE_RELOAD_CONFIG_REQUEST: Final = Method(
-    "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
-    ReloadConfigRequest,
-    ReloadConfigResponse,
-)
-METHODS: Final = (PREDICT, GET_MODEL_METADATA, GET_MODEL_STATUS, HANDLE_RELOAD_CONFIG_REQUEST)
-
-
-def unary_unary(channel: grpc.Channel | grpc.aio.Channel, method: Method) -> Any:
-    """A callable for `method` on `channel`; awaitable when the channel is a grpc.aio one."""
-    return channel.unary_unary(
-        method.path,
-        request_serializer=method.request.SerializeToString,
-        response_deserializer=method.response.FromString,
-    )
-
-
-class PredictionServiceStub:
-    """tensorflow.serving.PredictionService: Predict and GetModelMetadata."""
-
-    def __init__(self, channel: grpc.Channel | grpc.aio.Channel) -> None:
-        self.Predict = unary_unary(channel, PREDICT)
-        self.GetModelMetadata = unary_unary(channel, GET_MODEL_METADATA)
-
-
-class ModelServiceStub:
-    """tensorflow.serving.ModelService: GetModelStatus and HandleReloadConfigRequest."""
-
-    def __init__(self, channel: grpc.Channel | grpc.aio.Channel) -> None:
-        self.GetModelStatus = unary_unary(channel, GET_MODEL_STATUS)
-        self.HandleReloadConfigRequest = unary_unary(channel, HANDLE_RELOAD_CONFIG_REQUEST)
-
-
-def prediction_service(channel: grpc.Channel | grpc.aio.Channel) -> PredictionServiceStub:
-    """PredictionService stub on `channel` (sync or aio: calls follow the channel's kind)."""
-    return PredictionServiceStub(channel)
-
-
-def model_service(channel: grpc.Channel | grpc.aio.Channel) -> ModelServiceStub:
-    """ModelService stub on `channel` (sync or aio: calls follow the channel's kind)."""
-    return ModelServiceStub(channel)

@@ -159,7 +159,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="a step with more errors fails the search",
     )
     add_load_options(run)
-    run.set_defaults(func=cmd_run, needs_tensorflow=False)  # --grpc loads only TF's protos
+    run.set_defaults(func=cmd_run)
 
     cmp = lsub.add_parser("compare", help="two result.json files side by side, with B/A ratios")
     cmp.add_argument("a", metavar="A.json")
@@ -167,7 +167,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     cmp.add_argument(
         "--json", action="store_true", help="print the rows as JSON instead of a table"
     )
-    cmp.set_defaults(func=cmd_compare, needs_tensorflow=False)
+    cmp.set_defaults(func=cmd_compare)
 
     from loadtest.sweep import register_sweep
 

@@ -229,7 +229,7 @@ def register_sweep(
         "--ready-timeout", type=float, default=120.0, help="seconds to wait for /readyz per point"
     )
     add_load_options(p)
-    p.set_defaults(func=cmd_sweep, needs_tensorflow=False)
+    p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

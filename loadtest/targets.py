@@ -10,18 +10,17 @@ description a `--workers` process builds its own target from.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import itertools
-import os
-import sys
-import types
 from dataclasses import dataclass
 from time import perf_counter as now  # uvloop's loop.time() ticks in whole ms
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import grpc
 import numpy as np
 
+from contract import wire
+from contract.tfs_grpc import prediction_service
 from loadtest.errors import LoadTestError
 from loadtest.httpclient import DoneFn, HttpPool, error_kind
 
@@ -105,31 +104,6 @@ class HttpTarget:
         }
 
 
-def import_serving_apis() -> tuple[types.ModuleType, types.ModuleType]:
-    """`predict_pb2` and `prediction_service_pb2_grpc` without running TensorFlow's __init__.
-
-    The generated modules only need TensorFlow's *proto* modules; importing them normally
-    imports all of TensorFlow (seconds, hundreds of MB). When TensorFlow is not loaded yet,
-    empty package objects pointing at its folders stand in for `tensorflow` and
-    `tensorflow.core.*`, so only the `_pb2` files run. Used in the CLI's own process only.
-    """
-    if "tensorflow" not in sys.modules:
-        spec = importlib.util.find_spec("tensorflow")
-        if spec is None or spec.origin is None:
-            raise LoadTestError(
-                "--grpc needs the tensorflow-serving-api package (and its tensorflow protos)"
-            )
-        root = os.path.dirname(spec.origin)
-        for name in ("tensorflow", "tensorflow.core", "tensorflow.core.framework",
-                     "tensorflow.core.protobuf", "tensorflow.core.example"):  # fmt: skip
-            pkg = types.ModuleType(name)
-            pkg.__path__ = [os.path.join(root, *name.split(".")[1:])]
-            sys.modules[name] = pkg
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-    return predict_pb2, prediction_service_pb2_grpc
-
-
 class GrpcTarget:
     """`PredictionService/Predict` on `serving_default` with uint8 NHWC `images` tensors."""
 
@@ -145,10 +119,6 @@ class GrpcTarget:
         host, sep, port = address.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise LoadTestError(f"--grpc must be HOST:PORT. Received: {address!r}")
-        import grpc
-
-        self.grpc = grpc
-        predict_pb2, service = import_serving_apis()
         self.address, self.model, self.signature = address, model, signature
         self.channel = grpc.aio.insecure_channel(
             address,
@@ -157,18 +127,13 @@ class GrpcTarget:
                 ("grpc.max_receive_message_length", 256 << 20),
             ],
         )
-        self.stub = service.PredictionServiceStub(self.channel)
-        self.messages = []
-        for batch in batches:
-            req = predict_pb2.PredictRequest()
-            req.model_spec.name = model
-            req.model_spec.signature_name = signature
-            tensor = req.inputs[input_name]
-            tensor.dtype = 4  # DT_UINT8 (types.proto)
-            for d in batch.shape:
-                tensor.tensor_shape.dim.add().size = int(d)
-            tensor.tensor_content = np.ascontiguousarray(batch, dtype=np.uint8).tobytes()
-            self.messages.append(req)
+        self.stub = prediction_service(self.channel)
+        self.messages = [
+            wire.predict_request(
+                model, signature=signature, inputs={input_name: wire.images_tensor(batch)}
+            )
+            for batch in batches
+        ]
         self._next = itertools.cycle(self.messages).__next__
         self._calls: set[Any] = set()
 
@@ -196,7 +161,7 @@ class GrpcTarget:
             exc = call.exception()
             if exc is None:
                 done(due, sent, t, "OK", True, None, None)
-            elif isinstance(exc, self.grpc.aio.AioRpcError):
+            elif isinstance(exc, grpc.aio.AioRpcError):
                 code = exc.code().name
                 done(
                     due,

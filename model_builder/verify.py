@@ -19,7 +19,8 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-from contract.errors import ManifestError
+from contract import wire
+from contract.errors import ManifestError, TensorError
 from contract.manifest import LABELS_RELPATH, Manifest, read_manifest
 from contract.signatures import (
     INPUT_BYTES,
@@ -313,7 +314,6 @@ def _check_xla(version_dir: Path) -> Check:
 
 
 def _check_warmup(version_dir: Path, loaded: Any, m: Manifest) -> Check:
-
     try:
         requests = read_warmup_requests(version_dir)
     except Exception as exc:  # a corrupt TFRecord or proto is a verdict
@@ -325,9 +325,15 @@ def _check_warmup(version_dir: Path, loaded: Any, m: Manifest) -> Check:
                 f"record {i} targets {req.model_spec.name}/{req.model_spec.signature_name}"
             )
             continue
-        images = tf.make_ndarray(req.inputs[INPUT_PIXELS])
-        if images.dtype != np.uint8 or images.shape[1:] != (m.input.height, m.input.width, 3):
-            problems.append(f"record {i} has {images.dtype} {images.shape}")
+        try:
+            images = wire.tensor_array(
+                req.inputs[INPUT_PIXELS],
+                dtype="uint8",
+                shape=(None, m.input.height, m.input.width, 3),
+                name=f"record {i} {INPUT_PIXELS}",
+            )
+        except TensorError as exc:
+            problems.append(str(exc))
             continue
         out = loaded.signatures[SIGNATURE_PIXELS](**{INPUT_PIXELS: tf.constant(images)})
         if out[OUTPUT_PROBABILITIES].shape != (images.shape[0], m.num_classes):

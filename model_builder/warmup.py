@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from contract import wire
 from contract.manifest import WARMUP_RELPATH
 from contract.signatures import INPUT_PIXELS, SIGNATURE_PIXELS
+from contract.tfs_protos import PredictionLog
 
 WARMUP_SEED = 20240611  # fixed pixels: warmup files of one export are reproducible
 
@@ -31,30 +32,26 @@ def write_warmup_requests(
     version_dir: Path, *, model_name: str, height: int, width: int, buckets: Sequence[int]
 ) -> Path:
     """Write one `serving_default` PredictRequest per bucket; returns the file path."""
-
     path = version_dir / WARMUP_RELPATH
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
         for batch in buckets:
-            request = predict_pb2.PredictRequest(
-                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SIGNATURE_PIXELS)
+            request = wire.predict_request(
+                model_name,
+                signature=SIGNATURE_PIXELS,
+                inputs={INPUT_PIXELS: wire.images_tensor(warmup_images(batch, height, width))},
             )
-            request.inputs[INPUT_PIXELS].CopyFrom(
-                tf.make_tensor_proto(warmup_images(batch, height, width))
-            )
-            log = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request)
-            )
+            log = PredictionLog()
+            log.predict_log.request.CopyFrom(request)
             writer.write(log.SerializeToString())
     return path
 
 
 def read_warmup_requests(version_dir: Path) -> list[Any]:
     """Parse every record of the warmup file back into PredictRequest protos."""
-
     path = version_dir / WARMUP_RELPATH
     requests = []
     for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
-        log = prediction_log_pb2.PredictionLog.FromString(record)
+        log = PredictionLog.FromString(record)
         requests.append(log.predict_log.request)
     return requests

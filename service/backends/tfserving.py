@@ -1,7 +1,8 @@
 """The tfserving backend: TF Serving's PredictionService over grpc.aio.
 
-TensorFlow itself is never imported here: requests are built straight from the numpy buffer
-(`tensor_content`) and replies parsed with numpy. Every RPC goes through `_call`, which
+TensorFlow is never imported here: TF Serving's messages come from `contract.tfs_protos`,
+requests are built from the numpy buffer and replies parsed with `contract.wire` (the
+`float_val` TF Serving sends by default, or `tensor_content`). Every RPC goes through `_call`, which
 gives it what is left of the request's budget as its gRPC deadline, retries only
 UNAVAILABLE while time remains, and maps status codes onto `service.errors`. A circuit
 breaker sits in that seam: every UNAVAILABLE attempt counts as a failure, any answer from the
@@ -19,18 +20,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
 
+from contract import wire
+from contract.errors import TensorError
 from contract.manifest import Manifest
-from contract.signatures import INPUT_PIXELS, OUTPUT_PROBABILITIES, SIGNATURE_PIXELS, TensorSig
+from contract.signatures import INPUT_PIXELS, OUTPUT_PROBABILITIES, SIGNATURE_PIXELS
+from contract.tfs_grpc import model_service, prediction_service
+from contract.tfs_protos import (
+    GetModelMetadataRequest,
+    GetModelStatusRequest,
+    ModelSpec,
+    ModelVersionState,
+    SignatureDefMap,
+)
 from service.backends.startup import check_served_signature, load_manifest
 from service.breaker import CircuitBreaker, State
 from service.errors import (
@@ -48,58 +50,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
-_DTYPE_NAMES = {
-    types_pb2.DT_UINT8: "uint8",
-    types_pb2.DT_FLOAT: "float32",
-    types_pb2.DT_HALF: "float16",
-    types_pb2.DT_BFLOAT16: "bfloat16",
-    types_pb2.DT_INT32: "int32",
-    types_pb2.DT_INT64: "int64",
-    types_pb2.DT_STRING: "string",
-}
 _HEADROOM_BYTES = 1 << 20  # protobuf framing, metadata, other outputs
 _DEFAULT_MAX_MESSAGE = 4 << 20  # gRPC's own default; enough for status and metadata
 
 
-def _tensor_sig(info: Any) -> TensorSig:
-    """(dtype name, shape) of a TensorInfo proto; -1 dims are unknown (None)."""
-    dtype = _DTYPE_NAMES.get(info.dtype, types_pb2.DataType.Name(info.dtype))
-    if info.tensor_shape.unknown_rank:
-        return dtype, ()
-    return dtype, tuple(None if d.size < 0 else d.size for d in info.tensor_shape.dim)
-
-
-def images_to_proto(images: np.ndarray) -> tensor_pb2.TensorProto:
-    """uint8 NHWC array -> TensorProto, bytes copied once, no TensorFlow needed."""
-    shape = tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in images.shape]
-    )
-    return tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_UINT8,
-        tensor_shape=shape,
-        tensor_content=np.ascontiguousarray(images).tobytes(),
-    )
-
-
-def proto_to_probabilities(proto: tensor_pb2.TensorProto, n: int, classes: int) -> np.ndarray:
-    """float32 TensorProto -> [n, classes] array (tensor_content, or float_val as fallback)."""
-    if proto.dtype != types_pb2.DT_FLOAT:
-        raise BackendError(
-            f"{OUTPUT_PROBABILITIES!r} must be float32. "
-            f"Received: {types_pb2.DataType.Name(proto.dtype)}"
+def probabilities(proto: Any, n: int, classes: int) -> np.ndarray:
+    """The `probabilities` output as float32 [n, classes]; BackendError if it is anything else."""
+    try:
+        return wire.tensor_array(
+            proto, dtype="float32", shape=(n, classes), name=OUTPUT_PROBABILITIES
         )
-    if proto.tensor_content:
-        flat = np.frombuffer(proto.tensor_content, dtype="<f4")
-    else:
-        flat = np.asarray(proto.float_val, dtype=np.float32)
-    shape = tuple(d.size for d in proto.tensor_shape.dim)
-    if shape != (n, classes) or flat.size != n * classes:
-        raise BackendError(
-            f"{OUTPUT_PROBABILITIES!r} must have shape {(n, classes)}. "
-            f"Received: shape={shape} with {flat.size} values"
-        )
-    return flat.astype(np.float32).reshape(n, classes)
+    except TensorError as exc:
+        raise BackendError(str(exc)) from None
 
 
 class TFServingBackend:
@@ -185,11 +147,11 @@ class TFServingBackend:
             ("grpc.max_reconnect_backoff_ms", 1000),
         ]
         self._channel = grpc.aio.insecure_channel(self._address, options=options)
-        self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
-        self._status_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._predict_stub = prediction_service(self._channel)
+        self._status_stub = model_service(self._channel)
 
-    def _spec(self, version: int | None) -> model_pb2.ModelSpec:
-        spec = model_pb2.ModelSpec(name=self._model_name)
+    def _spec(self, version: int | None) -> Any:
+        spec = ModelSpec(name=self._model_name)
         if version is not None:
             spec.version.value = version
         return spec
@@ -288,16 +250,18 @@ class TFServingBackend:
             await asyncio.sleep(0.5)
 
     async def _available_versions(self, version: int | None, timeout_s: float) -> list[int]:
-        request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._spec(version))
+        request = GetModelStatusRequest(model_spec=self._spec(version))
         reply = await self._call(
             "GetModelStatus",
             lambda left: self._status_stub.GetModelStatus(request, timeout=left),
             timeout_s=timeout_s,
         )
-        return [s.version for s in reply.model_version_status if s.state == _AVAILABLE]
+        return [
+            s.version for s in reply.model_version_status if s.state == ModelVersionState.AVAILABLE
+        ]
 
     async def _check_metadata(self, manifest: Manifest, version: int) -> None:
-        request = get_model_metadata_pb2.GetModelMetadataRequest(
+        request = GetModelMetadataRequest(
             model_spec=self._spec(version), metadata_field=["signature_def"]
         )
         reply = await self._call(
@@ -306,7 +270,7 @@ class TFServingBackend:
             timeout_s=self._connect_timeout_s,
         )
         where = f"TF Serving at {self._address}, model {self._model_name!r} v{version}"
-        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        sig_map = SignatureDefMap()
         if "signature_def" not in reply.metadata or not reply.metadata["signature_def"].Unpack(
             sig_map
         ):
@@ -319,8 +283,8 @@ class TFServingBackend:
         sig = sig_map.signature_def[SIGNATURE_PIXELS]
         check_served_signature(
             manifest,
-            {k: _tensor_sig(v) for k, v in sig.inputs.items()},
-            {k: _tensor_sig(v) for k, v in sig.outputs.items()},
+            {k: wire.tensor_sig(v) for k, v in sig.inputs.items()},
+            {k: wire.tensor_sig(v) for k, v in sig.outputs.items()},
             where=where,
         )
 
@@ -335,11 +299,13 @@ class TFServingBackend:
                 f"images must be uint8 [N,{want[0]},{want[1]},3]. "
                 f"Received: {images.dtype}{list(images.shape)}"
             )
-        request = predict_pb2.PredictRequest(
-            model_spec=self._spec(self._version), output_filter=[OUTPUT_PROBABILITIES]
+        request = wire.predict_request(
+            self._model_name,
+            signature=SIGNATURE_PIXELS,
+            inputs={INPUT_PIXELS: wire.images_tensor(images)},
+            output_filter=(OUTPUT_PROBABILITIES,),
+            version=self._version,
         )
-        request.model_spec.signature_name = SIGNATURE_PIXELS
-        request.inputs[INPUT_PIXELS].CopyFrom(images_to_proto(images))
         reply = await self._call(
             "Predict",
             lambda left: self._predict_stub.Predict(request, timeout=left),
@@ -349,9 +315,7 @@ class TFServingBackend:
             raise BackendError(
                 f"Predict reply has no {OUTPUT_PROBABILITIES!r}. Received: {sorted(reply.outputs)}"
             )
-        return proto_to_probabilities(
-            reply.outputs[OUTPUT_PROBABILITIES], images.shape[0], m.num_classes
-        )
+        return probabilities(reply.outputs[OUTPUT_PROBABILITIES], images.shape[0], m.num_classes)
 
     async def ready(self) -> bool:
         """The pinned version is AVAILABLE (asked at most once per `ready_cache_s`)."""

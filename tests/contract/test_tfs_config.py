@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
 
 from contract.errors import ConfigError
 from contract.manifest import InputSpec, Manifest
@@ -13,6 +14,7 @@ from contract.tfs_config import (
     MODELS_CONFIG,
     MONITORING_CONFIG,
     PROMETHEUS_PATH,
+    batching_parameters,
     read_batching_parameters,
     read_models_config,
     read_monitoring_config,
@@ -95,3 +97,39 @@ def test_unparsable_file_is_one_line_error(tmp_path: Path) -> None:
     bad.write_text("max_batch_size: {{ nope", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"cannot parse .* as BatchingParameters"):
         read_batching_parameters(bad)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"buckets": (1, 2, 4), "max_batch_size": 3},
+            r"one of the export's batch buckets \[1, 2, 4\]",
+        ),
+        ({"buckets": (1, 2, 4), "max_batch_size": 8}, r"Received: max_batch_size=8"),
+        ({"buckets": (4, 2)}, "strictly increasing"),
+        ({"buckets": ()}, "strictly increasing"),
+        ({"buckets": (1, 2), "num_batch_threads": 0}, "num_batch_threads must be >= 1"),
+        ({"buckets": (1, 2), "batch_timeout_micros": -1}, "batch_timeout_micros must be >= 0"),
+    ],
+)
+def test_batching_parameters_refuse_what_breaks_the_buckets(
+    kwargs: dict[str, object], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        batching_parameters(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_smaller_max_batch_size_allows_the_buckets_up_to_it() -> None:
+    params = batching_parameters((1, 2, 4, 8, 16), max_batch_size=4)
+    assert list(params.allowed_batch_sizes) == [1, 2, 4]
+    assert params.max_batch_size.value == 4
+
+
+def test_files_parse_with_tf_servings_own_schema(tmp_path: Path) -> None:
+    from tensorflow_serving.config import model_server_config_pb2
+
+    paths = write_tfserving_configs(tmp_path, [_manifest("m")])
+    real = model_server_config_pb2.ModelServerConfig()
+    text_format.Parse(paths[MODELS_CONFIG].read_text(), real)
+    assert [c.name for c in real.model_config_list.config] == ["m"]

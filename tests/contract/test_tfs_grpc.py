@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
-from contract import tfs_protos, wire
+from contract import tfs_grpc, tfs_protos, wire
 
 DEADLINE_S = 10.0
 pytestmark = pytest.mark.timeout(60)
@@ -99,7 +99,7 @@ async def test_predict_over_aio(address: str) -> None:
         version=2,
     )  # fmt: skip
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = tfs_protos.prediction_service(channel)
+        stub = tfs_grpc.prediction_service(channel)
         response = await stub.Predict(request, timeout=DEADLINE_S)
     assert isinstance(response, tfs_protos.PredictResponse)
     assert response.model_spec.version.value == 2
@@ -113,7 +113,7 @@ async def test_server_errors_keep_their_status_code(address: str) -> None:
         inputs={"pixels": wire.images_tensor(np.zeros((1, 1, 1, 3), np.uint8))},
     )  # fmt: skip
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = tfs_protos.prediction_service(channel)
+        stub = tfs_grpc.prediction_service(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.Predict(request, timeout=DEADLINE_S)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
@@ -123,7 +123,7 @@ async def test_server_errors_keep_their_status_code(address: str) -> None:
 async def test_metadata_and_status_over_aio(address: str) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
         spec = tfs_protos.ModelSpec(name="resnet", signature_name="serving_default")
-        prediction = tfs_protos.prediction_service(channel)
+        prediction = tfs_grpc.prediction_service(channel)
         metadata = await prediction.GetModelMetadata(
             tfs_protos.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"]),
             timeout=DEADLINE_S,
@@ -133,7 +133,7 @@ async def test_metadata_and_status_over_aio(address: str) -> None:
         info = signatures.signature_def["serving_default"].inputs["pixels"]
         assert wire.tensor_sig(info) == ("uint8", (None,))
 
-        models = tfs_protos.model_service(channel)
+        models = tfs_grpc.model_service(channel)
         status = await models.GetModelStatus(
             tfs_protos.GetModelStatusRequest(model_spec=spec), timeout=DEADLINE_S
         )
@@ -154,5 +154,5 @@ def test_predict_over_a_sync_channel(address: str) -> None:
             "resnet", signature="serving_default",
             inputs={"pixels": wire.images_tensor(np.zeros((2, 1, 1, 3), np.uint8))},
         )  # fmt: skip
-        response = tfs_protos.prediction_service(channel).Predict(request, timeout=DEADLINE_S)
+        response = tfs_grpc.prediction_service(channel).Predict(request, timeout=DEADLINE_S)
     assert wire.tensor_array(response.outputs["shape"], dtype="float32").tolist() == [2, 1, 1, 3]

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, text_format
 
-from contract import tfs_protos
+from contract import tfs_grpc, tfs_protos
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = [
@@ -251,7 +251,7 @@ def test_a_changed_field_number_is_caught() -> None:
     assert mismatches(broken, _twin(broken)) == ["number: ours=99 real=5"]
 
 
-@pytest.mark.parametrize("method", tfs_protos.METHODS, ids=lambda m: m.path)
+@pytest.mark.parametrize("method", tfs_grpc.METHODS, ids=lambda m: m.path)
 def test_grpc_methods_match_the_real_services(method: Any) -> None:
     _, service, name = method.path.split("/")
     twin = default_pool().FindServiceByName(service).methods_by_name[name]

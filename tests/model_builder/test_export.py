@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from contract.manifest import LABELS_RELPATH, read_manifest
+from contract.manifest import LABELS_RELPATH, WARMUP_RELPATH, read_manifest
 from contract.signatures import (
     INPUT_PIXELS,
     OUTPUT_PROBABILITIES,
@@ -137,9 +137,16 @@ def test_manifest_and_labels(exported: Any) -> None:
 
 
 def test_warmup_records_cover_each_bucket_and_run(exported: Any, loaded: Any) -> None:
+    """Read back with TF Serving's own PredictionLog class, as TF Serving reads the file."""
     import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
 
-    requests = read_warmup_requests(exported.version_dir)
+    records = tf.data.TFRecordDataset(str(exported.version_dir / WARMUP_RELPATH))
+    requests = [
+        prediction_log_pb2.PredictionLog.FromString(r).predict_log.request
+        for r in records.as_numpy_iterator()
+    ]
+    assert len(requests) == len(read_warmup_requests(exported.version_dir))
     sizes = []
     for request in requests:
         assert request.model_spec.name == "tiny"

@@ -13,8 +13,9 @@ import grpc
 import numpy as np
 import pytest
 
+from contract import tfs_protos, wire
 from contract.manifest import MANIFEST_RELPATH
-from service.backends.tfserving import TFServingBackend, images_to_proto, proto_to_probabilities
+from service.backends.tfserving import TFServingBackend, probabilities
 from service.errors import (
     BackendError,
     BackendStartupError,
@@ -67,15 +68,39 @@ async def test_predict_matches_the_keras_model(exported_model: Any, standin: Sta
         await backend.predict(_images(1), timeout_s=1)
 
 
-def test_tensor_round_trip_without_tensorflow() -> None:
-    images = _images(2)
-    proto = images_to_proto(images)
-    assert np.frombuffer(proto.tensor_content, np.uint8).reshape(2, 8, 8, 3).tolist() == (
-        images.tolist()
-    )
-    reply = images_to_proto(images)  # wrong dtype for a reply
+def _float_reply(values: list[float], shape: tuple[int, ...]) -> Any:
+    """A reply tensor as TF Serving sends it by default: float_val, row-major."""
+    proto = tfs_protos.TensorProto(dtype=tfs_protos.DataType.DT_FLOAT, float_val=values)
+    for d in shape:
+        proto.tensor_shape.dim.add(size=d)
+    return proto
+
+
+def test_probabilities_read_float_val_in_row_major_order() -> None:
+    values = [0.1, 0.2, 0.7, 0.6, 0.3, 0.1]  # no symmetry: a reversed read fails
+    probs = probabilities(_float_reply(values, (2, 3)), 2, 3)
+    np.testing.assert_array_equal(probs, np.array(values, np.float32).reshape(2, 3))
+
+
+@pytest.mark.parametrize(
+    ("values", "shape", "match"),
+    [
+        ([0.5] * 6, (3, 2), r"shape"),  # transposed
+        ([0.5] * 6, (6,), r"shape"),  # flat
+        ([0.5] * 5, (2, 3), r"5 values"),  # truncated
+        ([0.5] * 7, (2, 3), r"7 values"),  # too many
+    ],
+)
+def test_probabilities_refuse_a_reply_of_the_wrong_shape(
+    values: list[float], shape: tuple[int, ...], match: str
+) -> None:
+    with pytest.raises(BackendError, match=match):
+        probabilities(_float_reply(values, shape), 2, 3)
+
+
+def test_probabilities_refuse_another_dtype() -> None:
     with pytest.raises(BackendError, match="must be float32"):
-        proto_to_probabilities(reply, 2, 3)
+        probabilities(wire.images_tensor(_images(2)), 2, 3)
 
 
 async def test_wrong_model_name_fails_start(exported_model: Any, standin: StandIn) -> None:
