@@ -46,11 +46,11 @@ def child_env(**settings: Any) -> dict[str, str]:
 class Proc:
     """A child process whose output lines are collected by a thread (so waits can be bounded)."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], *, cwd: Path = ROOT) -> None:
         self.popen = subprocess.Popen(
             args,
             env=env,
-            cwd=ROOT,
+            cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
