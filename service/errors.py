@@ -16,6 +16,7 @@
      +-- PayloadTooLarge (413)
      |    +-- UploadTooLarge      upload_too_large     (bytes, checked while streaming)
      |    +-- ImageTooLarge       image_too_large      (pixels, checked before decoding)
+     |    +-- ImageTooComplex     image_too_complex    (decode cost, e.g. JPEG scans, ditto)
      +-- UnsupportedMediaType (415) unsupported_media_type
      +-- InvalidParameter (422)   invalid_parameter
      +-- RateLimited (429)        rate_limited          (+ Retry-After)
@@ -124,6 +125,10 @@ class UploadTooLarge(PayloadTooLarge):
 
 class ImageTooLarge(PayloadTooLarge):
     code = "image_too_large"
+
+
+class ImageTooComplex(PayloadTooLarge):
+    code = "image_too_complex"
 
 
 class UnsupportedMediaType(GatewayError):

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     # Limits on input.
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
+    # A progressive JPEG costs one full-resolution pass per scan; encoders write 6-10.
+    max_jpeg_scans: int = Field(default=64, ge=1)
     max_images_per_request: int = Field(default=32, ge=1)
     allowed_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
     default_top_k: int = Field(default=5, ge=1)

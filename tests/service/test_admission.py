@@ -41,14 +41,62 @@ def test_wait_estimate(observed: dict[int, float], queued: int, expected_s: floa
     assert est.wait_s(queued) == pytest.approx(expected_s)
 
 
-def test_estimate_is_an_ewma_of_calls_and_their_spread() -> None:
+def test_estimate_is_the_median_of_recent_calls_and_plans_for_the_75th_percentile() -> None:
     est = QueueWaitEstimate(8, bucket_for)
-    est.observe(8, 0.1)
-    est.observe(8, 0.6)  # one slow call moves the mean by a fifth of the difference...
-    assert est.batch_seconds(8) == pytest.approx(0.2)
-    # ...and the deviation from 0 to 0.1, so admission plans for 0.2 + 2 * 0.1 per call.
-    assert est.batch_seconds(8, conservative=True) == pytest.approx(0.4)
-    assert est.wait_s(16) == pytest.approx(0.8)
+    for seconds in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+        est.observe(8, seconds)
+    assert est.batch_seconds(8) == pytest.approx(0.4)
+    assert est.batch_seconds(8, conservative=True) == pytest.approx(0.6)
+    assert est.wait_s(16) == pytest.approx(1.2)
+
+
+def test_one_stalled_call_does_not_move_the_estimate() -> None:
+    """A model server that paused once is not slow: the gateway must not keep shedding."""
+    est = QueueWaitEstimate(8, bucket_for)
+    for _ in range(7):
+        est.observe(8, 0.01)
+    est.observe(8, 3.0)  # one 3 s stall
+    assert est.batch_seconds(8) == pytest.approx(0.01)
+    assert est.batch_seconds(8, conservative=True) == pytest.approx(0.01)
+    est.observe(8, 3.0)  # a second one still does not
+    assert est.batch_seconds(8, conservative=True) == pytest.approx(0.01)
+
+
+def test_a_real_slowdown_shows_within_a_few_calls_and_so_does_the_recovery() -> None:
+    est = QueueWaitEstimate(8, bucket_for)
+    for _ in range(8):
+        est.observe(8, 0.01)
+    for _ in range(3):
+        est.observe(8, 1.0)
+    assert est.batch_seconds(8, conservative=True) == pytest.approx(1.0)  # planned for
+    for _ in range(5):
+        est.observe(8, 0.01)
+    assert est.batch_seconds(8, conservative=True) == pytest.approx(1.0)  # 3 of 8 still slow
+    est.observe(8, 0.01)  # six fast calls later only two of the window are slow
+    assert est.batch_seconds(8, conservative=True) == pytest.approx(0.01)
+
+
+def test_only_the_last_calls_count() -> None:
+    est = QueueWaitEstimate(8, bucket_for)
+    for _ in range(100):
+        est.observe(8, 5.0)  # a long slow past...
+    for _ in range(8):
+        est.observe(8, 0.02)  # ...is forgotten after one window of calls
+    assert est.batch_seconds(8, conservative=True) == pytest.approx(0.02)
+
+
+async def test_work_that_fits_in_the_next_batch_is_admitted_whatever_the_estimate() -> None:
+    backend = RecordingBackend()
+    batcher = make(backend, max_queue_wait_s=0.5)  # estimate: 1 s per batch of 8
+    for _ in range(8):
+        batcher.wait_estimate.observe(8, 60.0)  # a minute per call: far beyond 0.5 s
+    await batcher.start()
+    try:
+        batcher.check_admission(8, deadline=later())  # fits in the next batch: taken
+        with pytest.raises(QueueFull, match="estimated queue wait"):
+            batcher.check_admission(9, deadline=later())  # one more would wait a minute
+    finally:
+        await batcher.close(drain=False)
 
 
 def make(backend: RecordingBackend, max_queue_wait_s: float) -> MicroBatcher:
