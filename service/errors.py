@@ -10,6 +10,7 @@
      |    +-- TooManyImages       too_many_images
      |    +-- BadBase64           bad_base64
      +-- Unauthorized (401)       unauthorized
+     +-- RequestTimeout (408)     request_timeout       (head or body not received in time)
      +-- NotFound (404)           not_found
      |    +-- ModelNotFound       model_not_found
      +-- MethodNotAllowed (405)   method_not_allowed
@@ -20,12 +21,14 @@
      +-- UnsupportedMediaType (415) unsupported_media_type
      +-- InvalidParameter (422)   invalid_parameter
      +-- RateLimited (429)        rate_limited          (+ Retry-After)
+     +-- HeadersTooLarge (431)    headers_too_large     (request line + headers, or their count)
      +-- Unavailable (503)        (+ Retry-After)
      |    +-- QueueFull           queue_full
      |    +-- BackendUnavailable  backend_unavailable
      |    +-- CircuitOpen         circuit_open
      |    +-- NotReady            not_ready
      |    +-- ShuttingDown        shutting_down
+     |    +-- TooManyConnections  too_many_connections (max_connections, refused on accept)
      +-- DeadlineExceeded (504)   deadline_exceeded
      +-- BackendError (502)       backend_error         (the model server answered with an error)
      +-- BackendStartupError (500) backend_startup      (the model cannot be served: reported on
@@ -103,6 +106,10 @@ class Unauthorized(GatewayError):
     status, code = 401, "unauthorized"
 
 
+class RequestTimeout(GatewayError):
+    status, code = 408, "request_timeout"
+
+
 class NotFound(GatewayError):
     status, code = 404, "not_found"
 
@@ -143,6 +150,10 @@ class RateLimited(GatewayError):
     status, code = 429, "rate_limited"
 
 
+class HeadersTooLarge(GatewayError):
+    status, code = 431, "headers_too_large"
+
+
 class Unavailable(GatewayError):
     status, code = 503, "unavailable"
 
@@ -165,6 +176,10 @@ class NotReady(Unavailable):
 
 class ShuttingDown(Unavailable):
     code = "shutting_down"
+
+
+class TooManyConnections(Unavailable):
+    code = "too_many_connections"
 
 
 class DeadlineExceeded(GatewayError):
