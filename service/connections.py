@@ -77,7 +77,8 @@ def raw_error(err: GatewayError) -> bytes:
     body = json.dumps(err.body(uuid.uuid4().hex), separators=(",", ":")).encode()
     head = [STATUS_LINE[err.status]]
     for name, value in err.headers().items():
-        head.append(f"{name.lower()}: {value}\r\n".encode("latin-1"))
+        if name.lower() != "connection":  # always closed below
+            head.append(f"{name.lower()}: {value}\r\n".encode("latin-1"))
     head.append(b"content-type: application/json\r\n")
     head.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
     return b"".join(head) + body

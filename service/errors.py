@@ -29,6 +29,7 @@
      |    +-- NotReady            not_ready
      |    +-- ShuttingDown        shutting_down
      |    +-- TooManyConnections  too_many_connections (max_connections, refused on accept)
+     |    +-- MemoryFull          memory_full           (request bodies held past the budget)
      +-- DeadlineExceeded (504)   deadline_exceeded
      +-- BackendError (502)       backend_error         (the model server answered with an error)
      +-- BackendStartupError (500) backend_startup      (the model cannot be served: reported on
@@ -51,6 +52,8 @@ DEFAULT_RETRY_AFTER_S = 1  # for a 429/503 raised where the settings' retry_afte
 class GatewayError(ResnetServingError):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
+    # Refused before its body was read: the connection cannot carry another request.
+    closes_connection: ClassVar[bool] = False
 
     def __init__(self, detail: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(detail)
@@ -67,7 +70,10 @@ class GatewayError(ResnetServingError):
         retry = self.retry_after_s
         if retry is None and self.status in (429, 503):
             retry = DEFAULT_RETRY_AFTER_S  # every 429 and 503 tells the client when to come back
-        return {"Retry-After": str(retry)} if retry is not None else {}
+        headers = {"Retry-After": str(retry)} if retry is not None else {}
+        if self.closes_connection:
+            headers["Connection"] = "close"
+        return headers
 
 
 class BadRequest(GatewayError):
@@ -108,6 +114,7 @@ class Unauthorized(GatewayError):
 
 class RequestTimeout(GatewayError):
     status, code = 408, "request_timeout"
+    closes_connection = True
 
 
 class NotFound(GatewayError):
@@ -128,6 +135,7 @@ class PayloadTooLarge(GatewayError):
 
 class UploadTooLarge(PayloadTooLarge):
     code = "upload_too_large"
+    closes_connection = True
 
 
 class ImageTooLarge(PayloadTooLarge):
@@ -180,6 +188,11 @@ class ShuttingDown(Unavailable):
 
 class TooManyConnections(Unavailable):
     code = "too_many_connections"
+
+
+class MemoryFull(Unavailable):
+    code = "memory_full"
+    closes_connection = True
 
 
 class DeadlineExceeded(GatewayError):
