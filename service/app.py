@@ -2,7 +2,7 @@
 
 Middleware, outermost first: RequestContext (X-Request-ID, latency metrics, access log,
 last-resort 500) -> [CORS] -> AccessGuard (API keys 401, rate limit 429, `/v1/` only)
--> BodySizeLimit (413 while streaming) -> FastAPI. Every error, whether raised by a
+-> BodyGuard (413 / 408 / 503 memory_full while streaming) -> FastAPI. Every error, whether raised by a
 route, by request validation, by routing (404/405) or by a bug, becomes
 `{"error", "detail", "request_id"}` through `error_response`, the one mapping.
 """
@@ -42,7 +42,8 @@ from service.errors import (
     MethodNotAllowed,
     NotFound,
 )
-from service.limits import BodySizeLimit
+from service.limits import BodyGuard
+from service.memory import BodyBudget, HeapTrimmer
 from service.metrics import GatewayMetrics
 from service.middleware import AccessGuard, access_log
 from service.openapi_docs import name_served_model
@@ -102,7 +103,17 @@ def create_app(
     ):
         app.add_exception_handler(exc_type, _handle_error)
     # add_middleware wraps: the last one added is the outermost.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyGuard,
+        max_bytes=settings.max_upload_bytes,
+        budget=BodyBudget(
+            settings.max_inflight_body_bytes,
+            retry_after_s=settings.retry_after_s,
+            trimmer=HeapTrimmer(),
+        ),
+        timeout_s=settings.body_timeout_s,
+        min_rate=settings.body_min_rate,
+    )
     limiter = (
         RateLimiter(rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst)
         if settings.rate_limit_per_s > 0
