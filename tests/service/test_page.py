@@ -300,7 +300,9 @@ def test_the_page_asks_for_an_api_key_and_keeps_it_out_of_the_url(
     wait_for(lambda: "Model shapes version 1" in browser.find_element("id", "model").text,
              "the model line once the key is given")  # fmt: skip
     assert not form.is_displayed()
-    assert browser.execute_script("return sessionStorage.getItem('resnet-serving.api-key')") == API_KEY
+    assert (
+        browser.execute_script("return sessionStorage.getItem('resnet-serving.api-key')") == API_KEY
+    )
     assert API_KEY not in browser.current_url and "key" not in browser.current_url
 
     browser.find_element("id", "forget-key").click()
