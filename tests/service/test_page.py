@@ -334,9 +334,11 @@ def test_keyboard_and_screen_reader_basics(browser: Any, gateway: LiveServer) ->
 
     ActionChains(browser).send_keys(Keys.TAB).perform()
     assert browser.switch_to.active_element.get_attribute("id") == "choose"
-    ActionChains(browser).send_keys(Keys.ENTER).perform()
-    wait_for(lambda: browser.execute_script("return window.pickerOpened === true"),
-             "the file picker opened from the keyboard")  # fmt: skip
+    for key in (Keys.ENTER, Keys.SPACE):
+        browser.execute_script("window.pickerOpened = false;")
+        ActionChains(browser).send_keys(key).perform()
+        wait_for(lambda: browser.execute_script("return window.pickerOpened === true"),
+                 f"the file picker opened from the keyboard ({key!r})")  # fmt: skip
 
 
 def test_phone_width_and_screenshots(browser: Any, gateway: LiveServer, tmp_path: Path) -> None:
