@@ -73,12 +73,12 @@ def _serve(asset: Asset, request: Request) -> Response:
     return Response(asset.body, media_type=asset.media_type, headers=headers)
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 async def index(request: Request) -> Response:
     return _serve(ASSETS[INDEX], request)
 
 
-@router.get("/static/{name}")
+@router.api_route("/static/{name}", methods=["GET", "HEAD"])
 async def static(name: str, request: Request) -> Response:
     asset = ASSETS.get(name)  # a fixed set of names: no path from the request touches the disk
     if asset is None or name == INDEX:

@@ -36,11 +36,24 @@
 
   // ---------------------------------------------------------------- API key
 
+  // Storage can be disabled (privacy settings): then the key lives only until the next 401.
+  let keyInMemory = null;
+
   function storedKey() {
     try {
       return sessionStorage.getItem(KEY_STORAGE);
     } catch (_) {
-      return null; // storage disabled: the key is asked for again on each 401
+      return keyInMemory;
+    }
+  }
+
+  function storeKey(key) {
+    keyInMemory = key;
+    try {
+      if (key === null) sessionStorage.removeItem(KEY_STORAGE);
+      else sessionStorage.setItem(KEY_STORAGE, key);
+    } catch (_) {
+      /* kept in memory only */
     }
   }
 
@@ -62,11 +75,7 @@
     event.preventDefault();
     const key = el.keyInput.value.trim();
     if (!key) return;
-    try {
-      sessionStorage.setItem(KEY_STORAGE, key);
-    } catch (_) {
-      /* storage disabled: nothing to keep */
-    }
+    storeKey(key);
     el.keyInput.value = "";
     el.keyForm.hidden = true;
     el.forgetKey.hidden = false;
@@ -75,7 +84,7 @@
   });
 
   el.forgetKey.addEventListener("click", () => {
-    sessionStorage.removeItem(KEY_STORAGE);
+    storeKey(null);
     el.forgetKey.hidden = true;
     announce("API key forgotten.");
     loadModel();
@@ -170,8 +179,6 @@
       li.querySelector(".no-preview").hidden = false;
     });
     img.src = url;
-    el.results.prepend(li);
-    el.clear.disabled = false;
     return { li, file, name, url };
   }
 
@@ -284,7 +291,10 @@
     const files = Array.from(fileList || []);
     if (!files.length) return;
     announce(`Classifying ${files.length} image${files.length > 1 ? "s" : ""}.`);
-    enqueue(files.map(newCard));
+    const cards = files.map(newCard);
+    el.results.prepend(...cards.map((c) => c.li)); // newest batch on top, in the order given
+    el.clear.disabled = false;
+    enqueue(cards);
   }
 
   // ---------------------------------------------------------------- ways in
