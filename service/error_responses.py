@@ -78,7 +78,7 @@ def respond_in_scope(exc: BaseException, scope: Scope) -> JSONResponse:
     """`error_response` for the request in `scope`; records the error code for the metrics.
 
     The request id and the error code live in the ASGI scope's state (set and read by
-    `service.middleware.RequestContext`), so a refusal anywhere is counted and logged once.
+    `service.middleware.context.RequestContext`), so a refusal anywhere is counted and logged once.
     """
     err = as_gateway_error(exc)
     ctx = scope.setdefault("state", {})
