@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageFile, ImageOps, JpegImagePlugin
 
 from contract.manifest import InputSpec, Preprocessing
-from service.decode import DecodeLimits, decode_batch, decode_image
+from service.decode import DecodeLimits, configure_pillow, decode_batch, decode_image
 from service.errors import (
     EmptyImage,
     GatewayError,
@@ -185,9 +187,24 @@ def test_pixel_limit_is_checked_on_the_header_before_any_decode() -> None:
         decode(data, max_image_pixels=8_999_999, allowed_formats=allowed)
 
 
-def test_pillow_globals_leave_the_decision_to_us() -> None:
+def test_configure_pillow_leaves_the_decision_to_us(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # Pillow's own defaults, or
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # what a library set
+    configure_pillow()
     assert Image.MAX_IMAGE_PIXELS is None  # our limit, not Pillow's bomb guard, refuses
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # truncated files raise, never grey-pad
+
+
+def test_importing_the_gateway_changes_no_pillow_setting() -> None:
+    """Process-wide settings belong to whoever starts the process, not to an import."""
+    code = (
+        "from PIL import Image, ImageFile\n"
+        "before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)\n"
+        "import service.decode, service.app\n"
+        "assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) == before, before\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 def test_format_allow_list_is_respected() -> None:
