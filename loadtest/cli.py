@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,9 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
         "clients, or every N-th send of the one schedule",
     )
     p.add_argument(
-        "--out", metavar="DIR", help="write result.json, summary.csv, timeseries.csv and PNG plots"
+        "--out",
+        metavar="DIR",
+        help="write result.json, summary.csv, timeseries.csv, PNG plots and report.html",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -166,6 +169,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     cmp.add_argument("b", metavar="B.json")
     cmp.add_argument(
         "--json", action="store_true", help="print the rows as JSON instead of a table"
+    )
+    cmp.add_argument(
+        "--html", metavar="OUT.html", help="also write both runs side by side as one HTML file"
     )
     cmp.set_defaults(func=cmd_compare)
 
@@ -248,4 +254,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(json.dumps(compare_rows(a, b), indent=2))
     else:
         Console().print(compare_table(a, b, args.a, args.b))
+    if args.html:
+        from loadtest.html_report import write_compare_report
+
+        path = write_compare_report(a, b, Path(args.a), Path(args.b), Path(args.html))
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -58,7 +58,7 @@ def summary_row(i: int, step: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_outputs(result: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Write result.json, summary.csv, timeseries.csv (and the plots) into `out_dir`."""
+    """Write result.json, summary.csv, timeseries.csv, the plots and report.html into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "result.json", out_dir / "summary.csv", out_dir / "timeseries.csv"]
     paths[0].write_text(json.dumps(result, indent=2) + "\n")
@@ -74,9 +74,11 @@ def write_outputs(result: dict[str, Any], out_dir: Path) -> list[Path]:
             for row in step["timeseries"]:
                 w.writerow({"step": i, "offered_rate": step["offered_rate"],
                             "concurrency": step["concurrency"], **row})  # fmt: skip
+    from loadtest.html_report import write_run_report
     from loadtest.plots import write_plots
 
-    return paths + write_plots(result, out_dir)
+    plots = write_plots(result, out_dir)
+    return [*paths, *plots, write_run_report(result, out_dir, plots)]
 
 
 def load_result(path: Path) -> dict[str, Any]:

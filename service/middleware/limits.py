@@ -4,14 +4,16 @@
   chunked or lying uploads are counted chunk by chunk as the app pulls them from `receive`,
   and refused at the first byte over (413 `upload_too_large`).
 - **Time**: the body must arrive by `timeout_s` after the request began plus one second per
-  `min_rate` bytes received (so a large upload on a slow link is fine, and a client that
-  trickles or stops is not): else 408 `request_timeout`, naming what arrived.
+  `min_rate` bytes received, so a large upload on a slow link is fine and a client that
+  trickles or stops is not: 408 `request_timeout`, saying how much arrived.
 - **Memory**: the declared length (or, for a chunked body, each chunk) is reserved in the
   process-wide `BodyBudget` before it is read, and released when the request ends: past the
   budget, 503 `memory_full` + Retry-After.
 
-Every refusal is raised as a `GatewayError`; the app's error mapping turns it into the
-response, and `connection: close`, since the rest of the body is never read.
+A refusal before the body is read is answered here (inside CORS, like AccessGuard's); one
+while streaming is raised as a `GatewayError` into the app reading the body, whose exception
+handler answers it. Both go through the one error mapping (`service.error_responses`), with
+`connection: close`, since the rest of the body is never read.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import BadRequest, RequestTimeout, UploadTooLarge
+from service.error_responses import respond_in_scope
+from service.errors import BadRequest, GatewayError, RequestTimeout, UploadTooLarge
 from service.memory import BodyBudget
 
 
@@ -51,15 +54,20 @@ class BodyGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            raise UploadTooLarge(f"upload is {declared} bytes; the limit is {self.max_bytes} bytes")
+        try:
+            declared = _content_length(scope)
+            if declared is not None and declared > self.max_bytes:
+                raise UploadTooLarge(
+                    f"upload is {declared} bytes; the limit is {self.max_bytes} bytes"
+                )
+            if declared:
+                self.budget.reserve(declared)
+        except GatewayError as exc:
+            await respond_in_scope(exc, scope)(scope, receive, send)
+            return
         loop = asyncio.get_running_loop()
         started = loop.time()
-        reserved = 0
-        if declared:
-            self.budget.reserve(declared)
-            reserved = declared
+        reserved = declared or 0
         seen = 0
         done = False
 
@@ -79,8 +87,7 @@ class BodyGuard:
                     f"second per {self.min_rate:g} bytes)"
                 ) from None
             if message["type"] == "http.request":
-                chunk = len(message.get("body", b""))
-                seen += chunk
+                seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     raise UploadTooLarge(
                         f"upload exceeds the limit of {self.max_bytes} bytes "
