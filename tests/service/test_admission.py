@@ -203,18 +203,6 @@ def test_an_overloaded_gateway_sheds_before_reading_the_body() -> None:
     assert registry.get_sample_value("gateway_decode_seconds_count") == 2  # refused: not decoded
 
 
-def test_a_client_that_leaves_is_499_not_a_500() -> None:
-    """Overloaded, a client may time out before its body is read: not a bug (no 500, no
-    traceback in the log), counted as 499 client_closed_request."""
-    from starlette.requests import ClientDisconnect
-
-    from service.app import error_response
-
-    response = error_response(ClientDisconnect(), "rid")
-    assert response.status_code == 499
-    assert b'"client_closed_request"' in response.body
-
-
 class StallingBackend:
     """Answers in `base_s + per_image_s * n`; `stall(seconds)` makes the next call that long."""
 

@@ -87,6 +87,11 @@ async def _call(
     return start["status"], head, b"".join(m.get("body", b"") for m in sent[1:])
 
 
+def _guard(app: Any, *, max_bytes: int) -> BodyGuard:
+    return BodyGuard(app, max_bytes=max_bytes, budget=BodyBudget(1 << 20), timeout_s=5,
+                     min_rate=1 << 20)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("headers", "chunks", "status", "code"),
     [
@@ -96,11 +101,6 @@ async def _call(
         ([], [b"x" * 6, b"x" * 4], 200, None),  # chunked, at the limit
     ],
 )
-def _guard(app: Any, *, max_bytes: int) -> BodyGuard:
-    return BodyGuard(app, max_bytes=max_bytes, budget=BodyBudget(1 << 20), timeout_s=5,
-                     min_rate=1 << 20)  # fmt: skip
-
-
 async def test_body_size_limit_answers_what_it_can_see_before_the_body(
     headers: list[tuple[bytes, bytes]], chunks: list[bytes], status: int, code: str | None
 ) -> None:
