@@ -51,7 +51,7 @@ def error_text(status: Status | None, detail: bytes | str) -> str:
         except ValueError:
             doc = None
         if isinstance(doc, dict) and "error" in doc:
-            text = f"{doc['error']}: {doc.get('detail', '')}".rstrip(": ")
+            text = f"{doc['error']}: {doc['detail']}" if doc.get("detail") else str(doc["error"])
     else:
         text = detail
     text = " ".join(text.split())[:MAX_ERROR_TEXT_CHARS] or "(empty)"
