@@ -182,7 +182,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from loadtest.sweep import execute, print_sweep, write_recommendation
 
-    console = Console()
+    console = Console(width=max(Console().width, 130))
     result = run_loop(execute(plan, console), precise_timers=True)  # every point is open loop
     print_sweep(plan, result, console)
     for path in write_recommendation(result, plan.out_dir):

@@ -251,6 +251,10 @@ class GatewaySetting:
     max_batch_size: int
     max_wait_ms: float
 
+    @property
+    def label(self) -> str:
+        return f"gateway max_batch_size={self.max_batch_size} max_wait_ms={self.max_wait_ms:g}"
+
     def env_text(self) -> str:
         """`gateway.env`: the two settings as RESNET_SERVING_* lines."""
         return (f"RESNET_SERVING_MAX_BATCH_SIZE={self.max_batch_size}\n"
@@ -265,6 +269,11 @@ class TfsSetting:
     batch_timeout_micros: int
     num_batch_threads: int
     allowed_batch_sizes: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        return (f"tfs max_batch_size={self.max_batch_size} batch_timeout_micros="
+                f"{self.batch_timeout_micros} num_batch_threads={self.num_batch_threads}")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -300,7 +300,7 @@ def print_sweep(plan: SweepPlan, result: SweepResult, console: Console) -> None:
     for pt in result.points:
         s = pt.step
         mark = "PASS" if step_passes(s, plan.p99_target_ms, plan.max_error_rate) else "fail"
-        console.print(f"{mark} {escape(repr(pt.setting))}: p99 {s.latency_ms.p99_ms} ms, "
+        console.print(f"{mark} {pt.setting.label}: p99 {s.latency_ms.p99_ms} ms, "
                       f"{s.throughput_rps} req/s, errors {s.errors}")  # fmt: skip
     for w in result.warnings:
         console.print(f"[bold yellow]WARNING[/bold yellow] {escape(w)}")
