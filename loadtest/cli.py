@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,8 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", default="1", metavar="N|auto",
                    help="load-generator processes (auto = one per core); each runs its share of the "
                    "clients, or every N-th send of the one schedule")  # fmt: skip
-    p.add_argument("--out", metavar="DIR", help="write result.json, summary.csv, timeseries.csv and PNG plots")  # fmt: skip
+    p.add_argument("--out", metavar="DIR",
+                   help="write result.json, summary.csv, timeseries.csv, PNG plots and report.html")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -98,6 +100,7 @@ def _add_compare(lsub: argparse._SubParsersAction[Any]) -> None:
     cmp.add_argument("a", metavar="A.json")
     cmp.add_argument("b", metavar="B.json")
     cmp.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")  # fmt: skip
+    cmp.add_argument("--html", metavar="OUT.html", help="also write both runs side by side as one HTML file")  # fmt: skip
     cmp.set_defaults(func=cmd_compare)
 
 
@@ -166,6 +169,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console  # only when the command runs (see above)
 
     from loadtest.compare import compare_rows, compare_table
+    from loadtest.html_report import write_compare_report
     from loadtest.report import load_result
 
     a, b = load_result(Path(args.a)), load_result(Path(args.b))
@@ -173,6 +177,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(json.dumps(compare_rows(a, b), indent=2))
     else:
         Console().print(compare_table(a, b, args.a, args.b))
+    if args.html:
+        html = write_compare_report(
+            a.to_json(), b.to_json(), Path(args.a), Path(args.b), Path(args.html)
+        )
+        print(f"wrote {html}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -7,6 +7,7 @@ written paths`, so a new output format is one function and one entry there:
     summary.csv       one row per step (SUMMARY_COLUMNS)
     timeseries.csv    one row per second per step (TIMESERIES_COLUMNS)
     *.png             latency against load, latency over time (plots)
+    report.html       all of it on one self-contained page (html_report)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rich.table import Table
 
 from loadtest.errors import LoadTestError
 from loadtest.histogram import PERCENTILES
+from loadtest.html_report import write_run_report
 from loadtest.results import READABLE_SCHEMAS, RunResult, StepResult, percentile_key
 
 LATENCY_KEYS = ["min_ms", "mean_ms", *[percentile_key(p) for p in PERCENTILES], "max_ms"]
@@ -75,14 +77,18 @@ def write_timeseries_csv(result: RunResult, out_dir: Path) -> list[Path]:
     return [path]
 
 
-def write_plots(result: RunResult, out_dir: Path) -> list[Path]:
+def write_plots_and_html(result: RunResult, out_dir: Path) -> list[Path]:
+    """The PNG plots, then report.html with those plots embedded (html_report reads the
+    result.json document, not these types)."""
     # matplotlib (~0.4 s to import) only when plots are written, never for `compare`.
-    from loadtest.plots import write_plots as plot
+    from loadtest.plots import write_plots
 
-    return plot(result, out_dir)
+    plots = write_plots(result, out_dir)
+    return [*plots, write_run_report(result.to_json(), out_dir, plots)]
 
 
-WRITERS: tuple[Writer, ...] = (write_json, write_summary_csv, write_timeseries_csv, write_plots)
+WRITERS: tuple[Writer, ...] = (write_json, write_summary_csv, write_timeseries_csv,
+                               write_plots_and_html)  # fmt: skip
 
 
 def write_outputs(result: RunResult, out_dir: Path) -> list[Path]:

@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract import __version__
-from service import health, routes
+from service import health, page, routes
 from service.auth import ApiKeys
 from service.backends.base import Backend
 from service.batcher import MicroBatcher
@@ -93,6 +93,8 @@ def create_app(
     app.state.drain_deadline = None  # loop.time() bound for the drain, set on SIGTERM (server.py)
     app.include_router(routes.router)
     app.include_router(health.router)
+    if settings.demo_page:
+        app.include_router(page.router)
     name_served_model(app, settings.model_name)
     for exc_type in (
         GatewayError,

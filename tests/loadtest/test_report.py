@@ -12,6 +12,8 @@ from rich.console import Console
 
 from loadtest.compare import compare_rows
 from loadtest.errors import LoadTestError
+from loadtest.html_report import render_run
+from loadtest.plan import Bounds, HttpTargetPlan, MaxRateSearch, RunPlan
 from loadtest.report import load_result, print_summary, write_outputs
 from loadtest.results import SCHEMA, Latency, MaxRate, RunResult, StepResult
 
@@ -69,3 +71,20 @@ def test_a_search_that_found_nothing_says_so(make_step: Callable[..., StepResult
                                max_rate=MaxRate(None, 60.0)))  # fmt: skip
     assert "max rate keeping p99 <= 60 ms: none passed" in shown
     assert "Server-Timing stages (ms), step 50/s" in shown
+
+
+def test_html_report_reads_the_plan_and_the_error_texts(
+    make_step: Callable[..., StepResult],
+) -> None:
+    """report.html of a schema /2 run: the load and bounds come from the parsed plan, a search
+    that found nothing says so, and what the server said is listed."""
+    plan = RunPlan(HttpTargetPlan.parse("http://h:1"), MaxRateSearch(60.0, start_rate=25.0),
+                   bounds=Bounds(duration_s=3.0, warmup_s=0.5))  # fmt: skip
+    step = make_step(errors=4, error_details={"HTTP 503 queue_full: 9 waiting": 4})
+    doc = RunResult({"kind": "http", "url": "http://h:1"}, plan.describe(), [step],
+                    max_rate=MaxRate(None, 60.0)).to_json()  # fmt: skip
+    page = render_run(doc)
+    assert "find_max_rate=True, p99_target_ms=60.0, start_rate=25.0" in page
+    assert "duration 3.0 s, warm-up 0.5 s" in page
+    assert "none passed with p99 &lt;= 60 ms" in page
+    assert "100/s: 4 x HTTP 503 queue_full: 9 waiting" in page
