@@ -115,9 +115,27 @@ def _cell(value: str, key: str = "", cls: str = "") -> str:
 # ---------------------------------------------------------------- one run
 
 
+def _flat_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """The options as schema /1 wrote them (flat CLI names), from schema /2's parsed plan
+    (`load`, `bounds`, `inputs`) or as they are."""
+    if not isinstance(opts.get("load"), dict):
+        return opts
+    load, bounds, inputs = opts["load"], opts.get("bounds") or {}, opts.get("inputs") or {}
+    search = opts.get("load_kind") == "MaxRateSearch"
+    return {
+        **{k: v for k, v in load.items() if k in ("concurrency", "rates", "arrival")},
+        "find_max_rate": search or None,
+        **({"p99_target_ms": load.get("p99_target_ms"), "start_rate": load.get("start_rate")} if search else {}),
+        "duration": bounds.get("duration_s"), "warmup": bounds.get("warmup_s"),
+        "timeout": bounds.get("timeout_s"), "requests": bounds.get("requests"),
+        "body": inputs.get("body"), "images_per_request": inputs.get("per_request", 1),
+        "images": inputs.get("images_dir"), "workers": opts.get("workers", 1),
+    }  # fmt: skip
+
+
 def _facts(result: dict[str, Any]) -> str:
     target = result.get("target", {})
-    opts = result.get("options", {})
+    opts = _flat_options(result.get("options", {}))
     machine = result.get("machine", {})
     where = target.get("url") or target.get("address") or "-"
     facts = [
@@ -126,9 +144,10 @@ def _facts(result: dict[str, Any]) -> str:
         ("machine", f"{machine.get('host', '?')}, {machine.get('cpus', '?')} CPUs, "
                     f"Python {machine.get('python', '?')}, {machine.get('platform', '?')}"),
         ("load", ", ".join(f"{k}={opts[k]}" for k in ("concurrency", "rate", "rates", "ramp",
-                                                      "arrival", "find_max_rate")
+                                                      "arrival", "find_max_rate", "p99_target_ms",
+                                                      "start_rate")
                            if opts.get(k) not in (None, False)) or "-"),
-        ("per step", f"duration {opts.get('duration', '-')} s, warm-up {opts.get('warmup', '-')} s, "
+        ("per step", f"duration {opts.get('duration') or '-'} s, warm-up {opts.get('warmup', '-')} s, "
                      f"timeout {opts.get('timeout', '-')} s"
                      + (f", {opts['requests']} requests" if opts.get("requests") else "")),
         ("requests", f"body {opts.get('body', '-')}, {opts.get('images_per_request', 1)} image(s) "
@@ -138,8 +157,9 @@ def _facts(result: dict[str, Any]) -> str:
     ]  # fmt: skip
     max_rate = result.get("max_rate")
     if max_rate:
-        facts.append(("max rate", f"{max_rate.get('rate', 0):g}/s with p99 <= "
-                                  f"{max_rate.get('p99_target_ms', 0):g} ms"))  # fmt: skip
+        rate = max_rate.get("rate")
+        found = "none passed" if rate is None else f"{rate:g}/s"
+        facts.append(("max rate", f"{found} with p99 <= {max_rate.get('p99_target_ms', 0):g} ms"))
     items = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in facts)
     return f"<dl>{items}</dl>"
 
@@ -191,6 +211,10 @@ def _problems(result: dict[str, Any]) -> str:
         if bad:
             counts = ", ".join(f"{k}: {v}" for k, v in bad.items())
             items.append(f"{_load(step)}: errors {counts}")
+        # What the server said, once per distinct text (schema /2).
+        items += [
+            f"{_load(step)}: {n} x {text}" for text, n in step.get("error_details", {}).items()
+        ]
         items += [f"{_load(step)}: {w}" for w in step.get("warnings", [])]
     items += list(result.get("warnings", []))
     if not items:
