@@ -5,7 +5,8 @@ Outermost first (`stack` returns this list; `service.app` hands it to FastAPI as
     RequestContext   context.py  X-Request-ID in and out, latency and error metrics, the
                                  access log line, the last-resort 500 for a bug
     [CORS]           Starlette's CORSMiddleware, only when `cors_allow_origins` is set
-    AccessGuard      access.py   `/v1/` only: API key (401), per-client rate limit (429)
+    AccessGuard      access.py   `/v1/` only: API key (401; 429 after too many wrong keys
+                                 from one address), per-client rate limit (429)
     BodyGuard        limits.py   the request body: over `max_upload_bytes` (413), slower than
                                  `body_timeout_s` + 1 s per `body_min_rate` bytes (408), or
                                  past the process's `max_inflight_body_bytes` (503)
@@ -61,7 +62,19 @@ def stack(settings: Settings, metrics: GatewayMetrics) -> list[Middleware]:
     return [
         Middleware(RequestContext, metrics=metrics),
         *cors,
-        Middleware(AccessGuard, keys=ApiKeys(settings.api_keys), limiter=limiter),
+        Middleware(
+            AccessGuard,
+            keys=ApiKeys(settings.api_keys),
+            limiter=limiter,
+            failures=(
+                RateLimiter(
+                    rate_per_s=settings.auth_failures_per_min / 60.0,
+                    burst=settings.auth_failures_per_min,
+                )
+                if settings.auth_failures_per_min > 0
+                else None
+            ),
+        ),
         Middleware(
             BodyGuard,
             max_bytes=settings.max_upload_bytes,
