@@ -72,6 +72,9 @@ class Settings(BaseSettings):
 
     # Workers.
     decode_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # Decodes one request may run at once; None: all workers but one, so a request full of
+    # costly images always leaves a worker for the others.
+    max_decodes_per_request: int | None = Field(default=None, ge=1)
 
     # Circuit breaker (tfserving backend).
     breaker_failure_threshold: int = Field(default=5, ge=1)
@@ -89,6 +92,12 @@ class Settings(BaseSettings):
 
     # The browser demo page at `/` (service/page.py); off: `/` is a 404 like any unknown path.
     demo_page: bool = True
+
+    def decode_slots_per_request(self) -> int:
+        """How many of one request's images may decode at the same time."""
+        if self.max_decodes_per_request is not None:
+            return min(self.max_decodes_per_request, self.decode_workers)
+        return max(1, self.decode_workers - 1)
 
     @field_validator("tfserving_address")
     @classmethod

@@ -47,10 +47,12 @@ def segments(data: bytes) -> list[tuple[int, int, int]]:
 def many_scans(extra: int, size: int = 1024) -> bytes:
     """A valid progressive JPEG plus `extra` copies of its last refinement scans.
 
-    Those scans hold almost nothing (EOB runs), so the file stays small while libjpeg must
-    run one full-resolution pass per scan: the decode-cost attack.
+    The image is flat, so its refinement scans hold almost nothing (EOB runs): the file stays
+    small while libjpeg must run one full-resolution pass per scan, the decode-cost attack.
     """
-    data = photo(size, size, progressive=True)
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (120, 130, 140)).save(buf, "JPEG", quality=90, progressive=True)
+    data = buf.getvalue()
     parts = segments(data)
     scans = [(s, e) for m, s, e in parts if m == 0xDA]
     eoi = parts[-1][1]

@@ -147,3 +147,19 @@ def test_a_drained_budget_that_held_a_lot_trims_the_heap_at_most_once_a_second()
 def test_settings_refuse_a_budget_smaller_than_one_upload(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="max_inflight_body_bytes"):
         gateway_settings(tmp_path, max_upload_bytes=1 << 20, max_inflight_body_bytes=1 << 19)
+
+
+def test_a_slow_upload_is_blamed_on_the_upload_not_on_decoding(tmp_path: Path) -> None:
+    """Issue: a slow upload got 504 'request budget ran out while decoding'. The request's
+    budget (1 s here) runs out while its body is still arriving: 408, naming the body."""
+    settings = gateway_settings(tmp_path, request_timeout_s=1.0, body_timeout_s=30.0,
+                                max_upload_bytes=256 * 1024)  # fmt: skip
+    with serve_app(create_app(settings, backend=DoubleBackend())) as live:
+        port = int(live.url.rsplit(":", 1)[1])
+        with connect(port) as s:
+            s.sendall(multipart_head(port, 200_000) + PART_HEAD)
+            status, _, body = read_response(s, timeout_s=5)
+    assert status == 408, body
+    detail = json.loads(body)["detail"]
+    assert "request body was not received within the request budget" in detail
+    assert "decod" not in detail
