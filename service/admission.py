@@ -5,55 +5,64 @@ for a slow model is far beyond any request budget: requests are accepted, wait, 
 with 504 (or succeed too late to matter). Instead the batcher asks `QueueWaitEstimate` how long
 the images already queued plus the new ones would take to get through the backend, and refuses
 the request at once (503 `queue_full` + Retry-After) when that exceeds `max_queue_wait_s` or
-what is left of the request's budget. The estimate is learnt from the batches served: per
-bucket size, an EWMA of the backend time and of its deviation (as TCP estimates its retransmit
-timeout), extrapolated linearly to buckets not seen yet. Admission uses mean + 2 deviations:
-under CPU contention call times spread widely, and the mean alone admits work that ends late.
+what is left of the request's budget.
+
+The estimate comes from the last `WINDOW` successful backend calls of each bucket size (failed
+calls say nothing about speed and are never recorded), extrapolated linearly to buckets not
+seen yet. It uses order statistics, not a running mean: the typical call is the median of the
+window, and admission plans for the 75th percentile, because under CPU contention call times
+spread widely and the median alone admits work that ends late. One stalled call (a model
+server pausing for seconds) is a single sample at the top of the window: it moves neither
+statistic, so the gateway does not keep shedding after the server is healthy again, while a
+real slowdown (most recent calls slow) shows within a few calls. An estimate only moves when
+calls complete, so the batcher also always admits work that fits in the next batch: the
+queue can never shed its way into never learning again.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
-_ALPHA = 0.2  # EWMA weight of the newest batch: adapts within a handful of batches
-_DEVIATIONS = 2.0  # how far above the mean admission plans for
+WINDOW = 8  # recent calls per bucket the estimate looks at
+_TYPICAL = 0.5  # quantile used as "the" call time
+_PLANNED = 0.75  # quantile admission plans for
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """The sample at quantile `q`, rounded down to a sample: never interpolated towards (or,
+    with more than one sample, equal to) a lone slowest call."""
+    return sorted_values[int(q * (len(sorted_values) - 1))]
 
 
 class QueueWaitEstimate:
-    """EWMA backend seconds per bucket, and the wait they imply for a queue of n images."""
+    """Recent backend seconds per bucket, and the wait they imply for a queue of n images."""
 
     def __init__(self, max_batch_size: int, bucket_for: Callable[[int], int]) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1. Received: {max_batch_size}")
         self.max_batch_size = max_batch_size
         self._bucket_for = bucket_for
-        self._seconds: dict[int, tuple[float, float]] = {}  # bucket -> EWMA (mean, deviation)
+        self._recent: dict[int, deque[float]] = {}  # bucket -> last WINDOW call seconds
 
     def observe(self, bucket: int, backend_s: float) -> None:
-        """Record one backend call over a padded batch of `bucket` images."""
-        old = self._seconds.get(bucket)
-        if old is None:
-            self._seconds[bucket] = (backend_s, 0.0)
-            return
-        mean, dev = old
-        err = backend_s - mean
-        self._seconds[bucket] = (mean + _ALPHA * err, dev + _ALPHA * (abs(err) - dev))
+        """Record one successful backend call over a padded batch of `bucket` images."""
+        self._recent.setdefault(bucket, deque(maxlen=WINDOW)).append(backend_s)
 
     def batch_seconds(self, bucket: int, *, conservative: bool = False) -> float | None:
-        """Expected backend time of one call at `bucket` (mean, or mean + 2 deviations when
-        `conservative`); None before any call was seen."""
-        if not self._seconds:
+        """Expected backend time of one call at `bucket` (the median of recent calls, or their
+        75th percentile when `conservative`); None before any call was seen."""
+        if not self._recent:
             return None
         # Unseen bucket: scale the nearest seen one linearly (per-call overhead makes this an
         # over-estimate for larger buckets, i.e. errs on the side of shedding).
-        nearest = min(self._seconds, key=lambda b: abs(b - bucket))
-        mean, dev = self._seconds[nearest]
-        seconds = mean + _DEVIATIONS * dev if conservative else mean
+        nearest = min(self._recent, key=lambda b: abs(b - bucket))
+        seconds = _quantile(sorted(self._recent[nearest]), _PLANNED if conservative else _TYPICAL)
         return seconds * bucket / nearest
 
     def wait_s(self, queued_images: int) -> float:
         """Seconds until `queued_images` images (FIFO) are all through the backend, planning for
-        slow calls (mean + 2 deviations each); 0 if nothing was learnt yet."""
+        slow calls (75th percentile each); 0 if nothing was learnt yet."""
         if queued_images <= 0:
             return 0.0
         full, rest = divmod(queued_images, self.max_batch_size)

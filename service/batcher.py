@@ -105,7 +105,8 @@ class MicroBatcher:
         self._max_queue = max_queue_images
         self._max_queue_wait_s = max_queue_wait_s
         self.wait_estimate = QueueWaitEstimate(self.max_batch_size, manifest.bucket_for)
-        self._busy_until = 0.0  # loop.time() the backend call in flight should end (estimate)
+        # loop.time() each backend call in flight is expected to end by (planned estimate).
+        self._busy_until: dict[int, float] = {}
         self._retry_after_s = retry_after_s
         self._on_batch = on_batch
         self._shape = (manifest.input.height, manifest.input.width, manifest.input.channels)
@@ -174,11 +175,15 @@ class MicroBatcher:
                 f"queue holds {queued} of {self._max_queue} images; cannot take {n_images} more",
                 retry_after_s=self._retry_after_s,
             )
-        if self._max_queue_wait_s <= 0 or queued == 0:  # an idle queue always takes work
+        # Work that fits in the next batch is always taken: the estimate only learns from calls
+        # that complete, so a queue that shed everything after one slow call would never
+        # find out the backend is fast again. The request's own deadline still bounds it.
+        if self._max_queue_wait_s <= 0 or queued + n_images <= self.max_batch_size:
             return
         now = asyncio.get_running_loop().time()
-        # The queue moves once the call at the backend returns: count what is left of it too.
-        wait = max(0.0, self._busy_until - now) + self.wait_estimate.wait_s(queued + n_images)
+        # The queue moves once the calls at the backend return: count what is left of them.
+        busy = max(self._busy_until.values(), default=now)
+        wait = max(0.0, busy - now) + self.wait_estimate.wait_s(queued + n_images)
         left = deadline - now
         limit = min(self._max_queue_wait_s, left)
         if wait > limit:
@@ -286,9 +291,9 @@ class MicroBatcher:
         # deadline (submit), and one nearly expired item must not fail the whole batch.
         timeout_s = max(max(item.deadline for item in live) - now, 1e-3)
         t0 = time.perf_counter()  # durations: fine-grained clock; deadlines stay on loop.time()
-        self._busy_until = now + (
-            self.wait_estimate.batch_seconds(bucket, conservative=True) or 0.0
-        )
+        call = id(live)
+        planned = self.wait_estimate.batch_seconds(bucket, conservative=True) or 0.0
+        self._busy_until[call] = now + planned
         error: GatewayError | None = None
         probs: np.ndarray | None = None
         try:
@@ -302,6 +307,8 @@ class MicroBatcher:
         except Exception as exc:
             log.exception("backend call failed")
             error = BackendError(f"backend call failed: {type(exc).__name__}")
+        finally:
+            del self._busy_until[call]
         backend_s = time.perf_counter() - t0
         if error is None:
             self.wait_estimate.observe(bucket, backend_s)

@@ -3,6 +3,7 @@
 Pipeline (each step refuses with a one-line `GatewayError` subclass, nothing else escapes):
 
     bytes --sniff header (no pixels)--> format in allow-list? pixels <= limit? size > 0?
+          --JPEG: walk the markers (service.jpeg_markers): scans <= limit, Huffman 8-bit DCT?
           --JPEG: DCT-domain draft at 1/2, 1/4 or 1/8 (keeps >= _DRAFT_GAP x the pixels needed)
           --decode--> RGB/L/RGBA/LA --one resize with box (crop + scale in one pass)-->
           --alpha composited on background_rgb--> EXIF orientation --> np.ndarray
@@ -32,6 +33,7 @@ from service.errors import (
     UnsupportedFormat,
     ZeroSizedImage,
 )
+from service.jpeg_markers import DEFAULT_MAX_SCANS, inspect_jpeg
 from service.settings import Settings
 
 # Draft (DCT scaling) keeps at least this many times the pixels the final resize needs, so the
@@ -75,10 +77,12 @@ def configure_pillow() -> None:
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """What the gateway accepts: Pillow format names and the most pixels one image may declare."""
+    """What the gateway accepts: Pillow format names, the most pixels one image may declare,
+    and the most scans a (progressive) JPEG may have: together they bound one decode's CPU."""
 
     max_image_pixels: int
     allowed_formats: tuple[str, ...]
+    max_jpeg_scans: int = DEFAULT_MAX_SCANS
 
     def __post_init__(self) -> None:
         if self.max_image_pixels < 1:
@@ -89,7 +93,11 @@ class DecodeLimits:
 
     @classmethod
     def from_settings(cls, s: Settings) -> DecodeLimits:
-        return cls(max_image_pixels=s.max_image_pixels, allowed_formats=tuple(s.allowed_formats))
+        return cls(
+            max_image_pixels=s.max_image_pixels,
+            allowed_formats=tuple(s.allowed_formats),
+            max_jpeg_scans=s.max_jpeg_scans,
+        )
 
 
 @dataclass(frozen=True)
@@ -217,6 +225,8 @@ def _open(data: bytes, limits: DecodeLimits) -> ImageFile.ImageFile:
             f"image too large: {fmt} declares {w}x{h} = {w * h} pixels, "
             f"limit is max_image_pixels={limits.max_image_pixels}"
         )
+    if fmt == "JPEG":  # its decode cost grows with the number of scans: bound it first
+        inspect_jpeg(data, max_scans=limits.max_jpeg_scans)
     return im
 
 

@@ -10,21 +10,26 @@
      |    +-- TooManyImages       too_many_images
      |    +-- BadBase64           bad_base64
      +-- Unauthorized (401)       unauthorized
+     +-- RequestTimeout (408)     request_timeout       (head or body not received in time)
      +-- NotFound (404)           not_found
      |    +-- ModelNotFound       model_not_found
      +-- MethodNotAllowed (405)   method_not_allowed
      +-- PayloadTooLarge (413)
      |    +-- UploadTooLarge      upload_too_large     (bytes, checked while streaming)
      |    +-- ImageTooLarge       image_too_large      (pixels, checked before decoding)
+     |    +-- ImageTooComplex     image_too_complex    (decode cost, e.g. JPEG scans, ditto)
      +-- UnsupportedMediaType (415) unsupported_media_type
      +-- InvalidParameter (422)   invalid_parameter
      +-- RateLimited (429)        rate_limited          (+ Retry-After)
+     +-- HeadersTooLarge (431)    headers_too_large     (request line + headers, or their count)
      +-- Unavailable (503)        (+ Retry-After)
      |    +-- QueueFull           queue_full
      |    +-- BackendUnavailable  backend_unavailable
      |    +-- CircuitOpen         circuit_open
      |    +-- NotReady            not_ready
      |    +-- ShuttingDown        shutting_down
+     |    +-- TooManyConnections  too_many_connections (max_connections, refused on accept)
+     |    +-- MemoryFull          memory_full           (request bodies held past the budget)
      +-- DeadlineExceeded (504)   deadline_exceeded
      +-- BackendError (502)       backend_error         (the model server answered with an error)
      +-- BackendStartupError (500) backend_startup      (the model cannot be served: reported on
@@ -47,6 +52,8 @@ DEFAULT_RETRY_AFTER_S = 1  # for a 429/503 raised where the settings' retry_afte
 class GatewayError(ResnetServingError):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
+    # Refused before its body was read: the connection cannot carry another request.
+    closes_connection: ClassVar[bool] = False
 
     def __init__(self, detail: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(detail)
@@ -63,7 +70,10 @@ class GatewayError(ResnetServingError):
         retry = self.retry_after_s
         if retry is None and self.status in (429, 503):
             retry = DEFAULT_RETRY_AFTER_S  # every 429 and 503 tells the client when to come back
-        return {"Retry-After": str(retry)} if retry is not None else {}
+        headers = {"Retry-After": str(retry)} if retry is not None else {}
+        if self.closes_connection:
+            headers["Connection"] = "close"
+        return headers
 
 
 class BadRequest(GatewayError):
@@ -102,6 +112,11 @@ class Unauthorized(GatewayError):
     status, code = 401, "unauthorized"
 
 
+class RequestTimeout(GatewayError):
+    status, code = 408, "request_timeout"
+    closes_connection = True
+
+
 class NotFound(GatewayError):
     status, code = 404, "not_found"
 
@@ -120,10 +135,15 @@ class PayloadTooLarge(GatewayError):
 
 class UploadTooLarge(PayloadTooLarge):
     code = "upload_too_large"
+    closes_connection = True
 
 
 class ImageTooLarge(PayloadTooLarge):
     code = "image_too_large"
+
+
+class ImageTooComplex(PayloadTooLarge):
+    code = "image_too_complex"
 
 
 class UnsupportedMediaType(GatewayError):
@@ -136,6 +156,10 @@ class InvalidParameter(GatewayError):
 
 class RateLimited(GatewayError):
     status, code = 429, "rate_limited"
+
+
+class HeadersTooLarge(GatewayError):
+    status, code = 431, "headers_too_large"
 
 
 class Unavailable(GatewayError):
@@ -160,6 +184,15 @@ class NotReady(Unavailable):
 
 class ShuttingDown(Unavailable):
     code = "shutting_down"
+
+
+class TooManyConnections(Unavailable):
+    code = "too_many_connections"
+
+
+class MemoryFull(Unavailable):
+    code = "memory_full"
+    closes_connection = True
 
 
 class DeadlineExceeded(GatewayError):

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import time
+from concurrent.futures import Executor
 from functools import partial
 from typing import Annotated, Any
 
@@ -29,6 +30,7 @@ from service.errors import (
     GatewayError,
     InvalidParameter,
     ModelNotFound,
+    RequestTimeout,
     TooManyImages,
     UnsupportedMediaType,
 )
@@ -49,7 +51,7 @@ from service.schemas import (
     json_response,
 )
 from service.settings import Settings
-from service.state import StateDep
+from service.state import GatewayState, StateDep
 
 router = APIRouter(prefix="/v1", tags=["classify"])
 
@@ -136,21 +138,25 @@ async def _classify(request: Request, state: StateDep, top_k: int | None) -> Res
     # Overloaded: shed now, before spending CPU on reading and decoding (submit checks again).
     batcher.check_admission(1, deadline=deadline)
 
-    blobs = await read_images(request, state.settings)
-    limits = state.decode_limits
+    budget = state.settings.request_timeout_s
+    try:
+        async with asyncio.timeout_at(deadline):
+            blobs = await read_images(request, state.settings)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body was not received within the request budget "
+            f"(request_timeout_s={budget:g})"
+        ) from None
+    read_s = time.perf_counter() - started_pc
     t0 = time.perf_counter()
     try:
         async with asyncio.timeout_at(deadline):
-            pixels = await asyncio.gather(
-                *(
-                    loop.run_in_executor(
-                        decode_pool, partial(_decode_timed, b, manifest, limits, i)
-                    )
-                    for i, b in enumerate(blobs)
-                )
-            )
+            pixels = await _decode_all(blobs, manifest, state, decode_pool)
     except TimeoutError:
-        raise DeadlineExceeded("request budget ran out while decoding") from None
+        raise DeadlineExceeded(
+            f"request budget of {budget:g} s ran out while decoding {len(blobs)} image(s) "
+            f"({time.perf_counter() - t0:.2f} s decoding, after {read_s:.2f} s reading the body)"
+        ) from None
     decode_s = time.perf_counter() - t0
     for _, seconds in pixels:
         state.metrics.decode_seconds.observe(seconds)
@@ -176,6 +182,25 @@ async def _classify(request: Request, state: StateDep, top_k: int | None) -> Res
     )
     server_timing = ", ".join(f"{name};dur={ms}" for name, ms in timing)
     return json_response(body, headers={"Server-Timing": server_timing})
+
+
+async def _decode_all(
+    blobs: list[bytes], manifest: Manifest, state: GatewayState, pool: Executor
+) -> list[tuple[np.ndarray, float]]:
+    """Decode in the worker pool, at most `max_decodes_per_request` of them at once: one
+    request with many costly images must leave workers for everyone else's. Images not yet
+    started when the request gives up (deadline, disconnect) are never decoded."""
+    loop = asyncio.get_running_loop()
+    slots = asyncio.Semaphore(state.settings.decode_slots_per_request())
+    limits = state.decode_limits
+
+    async def one(i: int, data: bytes) -> tuple[np.ndarray, float]:
+        async with slots:
+            return await loop.run_in_executor(
+                pool, partial(_decode_timed, data, manifest, limits, i)
+            )
+
+    return await asyncio.gather(*(one(i, b) for i, b in enumerate(blobs)))
 
 
 def _resolve_top_k(top_k: int | None, settings: Settings, manifest: Manifest) -> int:

@@ -31,6 +31,15 @@ class Settings(BaseSettings):
     # HTTP server.
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # Proxies whose X-Forwarded-For / -Proto are believed (uvicorn's forwarded_allow_ips):
+    # empty by default, so no client can pick the address its rate limit is counted under.
+    forwarded_allow_ips: tuple[str, ...] = ()
+
+    # Connections and request heads, enforced before any app code (service.connections).
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)  # request line + headers
+    max_headers: int = Field(default=100, ge=8)
+    header_timeout_s: float = Field(default=5.0, gt=0.0)  # open/first byte -> end of head
+    max_connections: int = Field(default=2048, ge=1)  # per process, within the fd limit
 
     # Micro-batching.
     max_batch_size: int = Field(default=32, ge=1)  # capped at the manifest's largest bucket
@@ -42,7 +51,14 @@ class Settings(BaseSettings):
 
     # Limits on input.
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    # A body must arrive within body_timeout_s plus one second per body_min_rate bytes.
+    body_timeout_s: float = Field(default=10.0, gt=0.0)
+    body_min_rate: float = Field(default=1024 * 1024, gt=0.0)  # bytes/s, a slow mobile link
+    # Request bodies held at once by one process; beyond it, 503 memory_full + Retry-After.
+    max_inflight_body_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
+    # A progressive JPEG costs one full-resolution pass per scan; encoders write 6-10.
+    max_jpeg_scans: int = Field(default=64, ge=1)
     max_images_per_request: int = Field(default=32, ge=1)
     allowed_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
     default_top_k: int = Field(default=5, ge=1)
@@ -56,6 +72,9 @@ class Settings(BaseSettings):
 
     # Workers.
     decode_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # Decodes one request may run at once; None: all workers but one, so a request full of
+    # costly images always leaves a worker for the others.
+    max_decodes_per_request: int | None = Field(default=None, ge=1)
 
     # Circuit breaker (tfserving backend).
     breaker_failure_threshold: int = Field(default=5, ge=1)
@@ -63,6 +82,9 @@ class Settings(BaseSettings):
 
     # Access.
     api_keys: tuple[str, ...] = ()  # empty: no key needed
+    # Wrong keys per client address and minute before 429 + Retry-After (a valid key is never
+    # refused for it). 0 disables.
+    auth_failures_per_min: int = Field(default=30, ge=0)
     rate_limit_per_s: float = Field(default=0.0, ge=0.0)  # per key; 0 disables
     rate_limit_burst: int = Field(default=20, ge=1)
     cors_allow_origins: tuple[str, ...] = ()  # empty: CORS off
@@ -70,6 +92,12 @@ class Settings(BaseSettings):
 
     # The browser demo page at `/` (service/page.py); off: `/` is a 404 like any unknown path.
     demo_page: bool = True
+
+    def decode_slots_per_request(self) -> int:
+        """How many of one request's images may decode at the same time."""
+        if self.max_decodes_per_request is not None:
+            return min(self.max_decodes_per_request, self.decode_workers)
+        return max(1, self.decode_workers - 1)
 
     @field_validator("tfserving_address")
     @classmethod
@@ -81,6 +109,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.max_inflight_body_bytes < self.max_upload_bytes:
+            raise ValueError(
+                f"max_inflight_body_bytes ({self.max_inflight_body_bytes}) must be >= "
+                f"max_upload_bytes ({self.max_upload_bytes}), or no upload of the largest "
+                "allowed size could ever be taken"
+            )
         if self.max_queue_images < self.max_batch_size:
             raise ValueError(
                 f"max_queue_images ({self.max_queue_images}) must be >= max_batch_size "

@@ -5,13 +5,15 @@ Outermost first (`stack` returns this list; `service.app` hands it to FastAPI as
     RequestContext   context.py  X-Request-ID in and out, latency and error metrics, the
                                  access log line, the last-resort 500 for a bug
     [CORS]           Starlette's CORSMiddleware, only when `cors_allow_origins` is set
-    AccessGuard      access.py   `/v1/` only: API key (401), per-client rate limit (429)
-    BodySizeLimit    limits.py   the request body over `max_upload_bytes` (413), declared or
-                                 streamed
+    AccessGuard      access.py   `/v1/` only: API key (401; 429 after too many wrong keys
+                                 from one address), per-client rate limit (429)
+    BodyGuard        limits.py   the request body: over `max_upload_bytes` (413), slower than
+                                 `body_timeout_s` + 1 s per `body_min_rate` bytes (408), or
+                                 past the process's `max_inflight_body_bytes` (503)
     (FastAPI)        its ExceptionMiddleware answers what routes raise, then the router
 
 Why this order: everything inside RequestContext is timed, counted and logged with the
-request id; the refusals (401, 429, 413) sit inside CORS so a browser can read them, and come
+request id; the refusals (401, 429, 413, 408, 503) sit inside CORS so a browser can read them, and come
 before the app reads a byte of the body. Each class is pure ASGI: no BaseHTTPMiddleware, whose
 `call_next` starts a task group and a memory stream per request (Kludex/starlette#1678). Each
 answers its refusals through `service.error_responses`, the one mapping, and leaves what it
@@ -26,14 +28,15 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from service.auth import API_KEY_HEADER, ApiKeys
+from service.memory import BodyBudget, HeapTrimmer
 from service.metrics import GatewayMetrics
 from service.middleware.access import AccessGuard
 from service.middleware.context import REQUEST_ID_HEADER, RequestContext
-from service.middleware.limits import BodySizeLimit
+from service.middleware.limits import BodyGuard
 from service.ratelimit import RateLimiter
 from service.settings import Settings
 
-__all__ = ["AccessGuard", "BodySizeLimit", "RequestContext", "stack"]
+__all__ = ["AccessGuard", "BodyGuard", "RequestContext", "stack"]
 
 
 def stack(settings: Settings, metrics: GatewayMetrics) -> list[Middleware]:
@@ -59,6 +62,28 @@ def stack(settings: Settings, metrics: GatewayMetrics) -> list[Middleware]:
     return [
         Middleware(RequestContext, metrics=metrics),
         *cors,
-        Middleware(AccessGuard, keys=ApiKeys(settings.api_keys), limiter=limiter),
-        Middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes),
+        Middleware(
+            AccessGuard,
+            keys=ApiKeys(settings.api_keys),
+            limiter=limiter,
+            failures=(
+                RateLimiter(
+                    rate_per_s=settings.auth_failures_per_min / 60.0,
+                    burst=settings.auth_failures_per_min,
+                )
+                if settings.auth_failures_per_min > 0
+                else None
+            ),
+        ),
+        Middleware(
+            BodyGuard,
+            max_bytes=settings.max_upload_bytes,
+            budget=BodyBudget(
+                settings.max_inflight_body_bytes,
+                retry_after_s=settings.retry_after_s,
+                trimmer=HeapTrimmer(),
+            ),
+            timeout_s=settings.body_timeout_s,
+            min_rate=settings.body_min_rate,
+        ),
     ]

@@ -5,6 +5,13 @@ stay open so probes and scrapers need no key. A refused request is answered here
 body is read, through the one error mapping (so it carries the request id and, being inside
 the CORS middleware, the CORS headers a browser needs to read a 401 or 429). The key id (never
 the key) is left in the scope's state for the access log.
+
+Wrong keys are throttled per client address: past `failures` (a token bucket refilled at
+that many per minute) an address that keeps presenting wrong or missing keys gets 429 +
+Retry-After instead of 401, so guessing costs time and the log stays readable. A valid key
+is always let through, even from a throttled address: one client behind the same NAT guessing
+keys must not lock out the others. (Keys should be long and random, which makes guessing
+hopeless anyway; the throttle bounds the CPU and log lines spent on it.)
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.auth import API_KEY_HEADER, ApiKeys, bearer_or_header
 from service.error_responses import respond_in_scope
-from service.errors import GatewayError
+from service.errors import GatewayError, RateLimited, Unauthorized
 from service.ratelimit import RateLimiter
 
 PROTECTED_PREFIX = "/v1/"
@@ -22,10 +29,18 @@ PROTECTED_PREFIX = "/v1/"
 class AccessGuard:
     """401 without a valid key (when keys are configured); 429 past the client's rate."""
 
-    def __init__(self, app: ASGIApp, *, keys: ApiKeys, limiter: RateLimiter | None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keys: ApiKeys,
+        limiter: RateLimiter | None,
+        failures: RateLimiter | None = None,
+    ) -> None:
         self.app = app
         self.keys = keys
         self.limiter = limiter
+        self.failures = failures  # wrong keys per client address
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
@@ -36,7 +51,7 @@ class AccessGuard:
             key = bearer_or_header(
                 headers.get("authorization"), headers.get(API_KEY_HEADER.lower())
             )
-            kid = self.keys.authenticate(key)
+            kid = self._authenticate(key, scope)
             scope.setdefault("state", {})["key_id"] = kid
             if self.limiter is not None:
                 # Per key when keys are on; per client address otherwise.
@@ -45,6 +60,23 @@ class AccessGuard:
             await respond_in_scope(exc, scope)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    def _authenticate(self, key: str | None, scope: Scope) -> str | None:
+        """The key id, or 401; 429 instead once this address has failed too often."""
+        try:
+            return self.keys.authenticate(key)
+        except Unauthorized as exc:
+            if self.failures is None:
+                raise
+            try:
+                self.failures.check(f"ip:{_client_host(scope)}")
+            except RateLimited as limited:
+                raise RateLimited(
+                    f"too many requests with a wrong or missing API key from this address; "
+                    f"{exc.detail}",
+                    retry_after_s=limited.retry_after_s,
+                ) from None
+            raise
 
 
 def _headers(scope: Scope) -> dict[str, str]:

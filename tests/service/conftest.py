@@ -43,13 +43,30 @@ class LiveServer(NamedTuple):
 
 
 @contextlib.contextmanager
-def serving(app: FastAPI, *, ready: bool = True, timeout_s: float = 60.0) -> Iterator[LiveServer]:
-    """Run `app` on uvicorn in a background thread; wait until it listens (and /readyz is 200)."""
+def serving(
+    app: FastAPI,
+    *,
+    ready: bool = True,
+    timeout_s: float = 60.0,
+    settings: Settings | None = None,
+) -> Iterator[LiveServer]:
+    """Run `app` on uvicorn in a background thread; wait until it listens (and /readyz is 200).
+
+    With `settings`, uvicorn runs as `resnet-serving serve` configures it (connection limits,
+    forwarded headers: `service.server.server_config`); without, with uvicorn's defaults."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=5)
+    if settings is not None:
+        from service.server import server_config
+
+        config: uvicorn.Config = server_config(settings, app)
+        config.log_level, config.timeout_graceful_shutdown = "warning", 5
+    else:
+        config = uvicorn.Config(
+            app, lifespan="on", log_level="warning", timeout_graceful_shutdown=5
+        )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
+from contract.manifest import Manifest
 from service.admission import QueueWaitEstimate
 from service.app import create_app
 from service.batcher import MicroBatcher
 from service.errors import QueueFull
-from tests.service.conftest import gateway_settings
+from tests.service.conftest import LABELS, gateway_settings
 from tests.service.conftest import serving as serve_app
+from tests.service.test_api import MANIFEST as API_MANIFEST
 from tests.service.test_api import DoubleBackend, pixel
 from tests.service.test_batcher import MANIFEST, RecordingBackend, image, later
 
@@ -41,14 +45,62 @@ def test_wait_estimate(observed: dict[int, float], queued: int, expected_s: floa
     assert est.wait_s(queued) == pytest.approx(expected_s)
 
 
-def test_estimate_is_an_ewma_of_calls_and_their_spread() -> None:
+def test_estimate_is_the_median_of_recent_calls_and_plans_for_the_75th_percentile() -> None:
     est = QueueWaitEstimate(8, bucket_for)
-    est.observe(8, 0.1)
-    est.observe(8, 0.6)  # one slow call moves the mean by a fifth of the difference...
-    assert est.batch_seconds(8) == pytest.approx(0.2)
-    # ...and the deviation from 0 to 0.1, so admission plans for 0.2 + 2 * 0.1 per call.
-    assert est.batch_seconds(8, conservative=True) == pytest.approx(0.4)
-    assert est.wait_s(16) == pytest.approx(0.8)
+    for seconds in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+        est.observe(8, seconds)
+    assert est.batch_seconds(8) == pytest.approx(0.4)
+    assert est.batch_seconds(8, conservative=True) == pytest.approx(0.6)
+    assert est.wait_s(16) == pytest.approx(1.2)
+
+
+def test_one_stalled_call_does_not_move_the_estimate() -> None:
+    """A model server that paused once is not slow: the gateway must not keep shedding."""
+    est = QueueWaitEstimate(8, bucket_for)
+    for _ in range(7):
+        est.observe(8, 0.01)
+    est.observe(8, 3.0)  # one 3 s stall
+    assert est.batch_seconds(8) == pytest.approx(0.01)
+    assert est.batch_seconds(8, conservative=True) == pytest.approx(0.01)
+    est.observe(8, 3.0)  # a second one still does not
+    assert est.batch_seconds(8, conservative=True) == pytest.approx(0.01)
+
+
+def test_a_real_slowdown_shows_within_a_few_calls_and_so_does_the_recovery() -> None:
+    est = QueueWaitEstimate(8, bucket_for)
+    for _ in range(8):
+        est.observe(8, 0.01)
+    for _ in range(3):
+        est.observe(8, 1.0)
+    assert est.batch_seconds(8, conservative=True) == pytest.approx(1.0)  # planned for
+    for _ in range(5):
+        est.observe(8, 0.01)
+    assert est.batch_seconds(8, conservative=True) == pytest.approx(1.0)  # 3 of 8 still slow
+    est.observe(8, 0.01)  # six fast calls later only two of the window are slow
+    assert est.batch_seconds(8, conservative=True) == pytest.approx(0.01)
+
+
+def test_only_the_last_calls_count() -> None:
+    est = QueueWaitEstimate(8, bucket_for)
+    for _ in range(100):
+        est.observe(8, 5.0)  # a long slow past...
+    for _ in range(8):
+        est.observe(8, 0.02)  # ...is forgotten after one window of calls
+    assert est.batch_seconds(8, conservative=True) == pytest.approx(0.02)
+
+
+async def test_work_that_fits_in_the_next_batch_is_admitted_whatever_the_estimate() -> None:
+    backend = RecordingBackend()
+    batcher = make(backend, max_queue_wait_s=0.5)  # estimate: 1 s per batch of 8
+    for _ in range(8):
+        batcher.wait_estimate.observe(8, 60.0)  # a minute per call: far beyond 0.5 s
+    await batcher.start()
+    try:
+        batcher.check_admission(8, deadline=later())  # fits in the next batch: taken
+        with pytest.raises(QueueFull, match="estimated queue wait"):
+            batcher.check_admission(9, deadline=later())  # one more would wait a minute
+    finally:
+        await batcher.close(drain=False)
 
 
 def make(backend: RecordingBackend, max_queue_wait_s: float) -> MicroBatcher:
@@ -149,3 +201,64 @@ def test_an_overloaded_gateway_sheds_before_reading_the_body() -> None:
     assert [r.status_code for r in served] == [200, 200]
     registry = app.state.gateway.metrics.registry
     assert registry.get_sample_value("gateway_decode_seconds_count") == 2  # refused: not decoded
+
+
+class StallingBackend:
+    """Answers in `base_s + per_image_s * n`; `stall(seconds)` makes the next call that long."""
+
+    name = "stalling"
+    breaker = None
+
+    def __init__(self, base_s: float = 0.004, per_image_s: float = 0.0001) -> None:
+        self.base_s, self.per_image_s = base_s, per_image_s
+        self._stall_s = 0.0
+        self.calls = 0
+
+    @property
+    def manifest(self) -> Manifest:
+        return API_MANIFEST
+
+    def stall(self, seconds: float) -> None:
+        self._stall_s = seconds
+
+    async def start(self) -> None: ...
+
+    async def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None: ...
+
+    async def predict(self, images: np.ndarray, *, timeout_s: float) -> np.ndarray:
+        self.calls += 1
+        delay, self._stall_s = self._stall_s or self.base_s + self.per_image_s * len(images), 0.0
+        await asyncio.sleep(delay)
+        return np.full((len(images), len(LABELS)), 1.0 / len(LABELS), np.float32)
+
+
+async def burst(url: str, n: int) -> Counter[int]:
+    """`n` concurrent classify requests; their status codes."""
+    body = pixel(7)
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+        replies = await asyncio.gather(
+            *(client.post("/v1/classify", files={"image": ("a.png", body)}) for _ in range(n))
+        )
+    return Counter(r.status_code for r in replies)
+
+
+def test_admission_recovers_at_once_after_one_backend_stall(tmp_path: Path) -> None:
+    """Issue: after one 3 s stall the estimate stayed at seconds and ~99% of every later
+    burst got 503 for minutes. Now the same burst is served right after the stall ends."""
+    backend = StallingBackend()
+    settings = gateway_settings(
+        tmp_path, max_batch_size=32, max_wait_ms=5.0, max_queue_images=512,
+        max_queue_wait_s=1.0, request_timeout_s=10.0,
+    )  # fmt: skip
+    with serve_app(create_app(settings, backend=backend)) as live:
+        fresh = asyncio.run(burst(live.url, 200))  # also teaches every bucket up to 32
+        assert fresh[200] == 200, f"a fresh gateway must serve the burst: {fresh}"
+        backend.stall(3.0)
+        stalled = asyncio.run(burst(live.url, 32))  # one full batch meets the stall
+        assert stalled[200] >= 1, stalled
+        after = asyncio.run(burst(live.url, 200))
+    assert after[200] == 200, f"right after the stall: {after}"

@@ -19,8 +19,9 @@ from starlette.types import Message, Receive, Scope, Send
 from service.app import create_app
 from service.auth import ApiKeys
 from service.errors import UploadTooLarge
+from service.memory import BodyBudget
 from service.metrics import GatewayMetrics
-from service.middleware import AccessGuard, BodySizeLimit, RequestContext, stack
+from service.middleware import AccessGuard, BodyGuard, RequestContext, stack
 from tests.service.conftest import LiveServer, gateway_settings, serving
 from tests.service.test_api import DoubleBackend
 
@@ -30,8 +31,8 @@ ORIGIN = "https://app.example"
 @pytest.mark.parametrize(
     ("cors", "order"),
     [
-        ((), [RequestContext, AccessGuard, BodySizeLimit]),
-        ((ORIGIN,), [RequestContext, CORSMiddleware, AccessGuard, BodySizeLimit]),
+        ((), [RequestContext, AccessGuard, BodyGuard]),
+        ((ORIGIN,), [RequestContext, CORSMiddleware, AccessGuard, BodyGuard]),
     ],
 )
 def test_the_app_uses_the_one_order(cors: tuple[str, ...], order: list[type]) -> None:
@@ -86,6 +87,11 @@ async def _call(
     return start["status"], head, b"".join(m.get("body", b"") for m in sent[1:])
 
 
+def _guard(app: Any, *, max_bytes: int) -> BodyGuard:
+    return BodyGuard(app, max_bytes=max_bytes, budget=BodyBudget(1 << 20), timeout_s=5,
+                     min_rate=1 << 20)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("headers", "chunks", "status", "code"),
     [
@@ -98,9 +104,7 @@ async def _call(
 async def test_body_size_limit_answers_what_it_can_see_before_the_body(
     headers: list[tuple[bytes, bytes]], chunks: list[bytes], status: int, code: str | None
 ) -> None:
-    got, _, body = await _call(
-        BodySizeLimit(_reads_body, max_bytes=10), headers=headers, chunks=chunks
-    )
+    got, _, body = await _call(_guard(_reads_body, max_bytes=10), headers=headers, chunks=chunks)
     assert got == status
     if code is not None:
         reply = json.loads(body)
@@ -110,7 +114,7 @@ async def test_body_size_limit_answers_what_it_can_see_before_the_body(
 async def test_body_size_limit_stops_a_streamed_body_at_the_first_byte_over() -> None:
     # Past the limit the refusal is raised into the app reading the body (the gateway's
     # exception handler answers it); the rest of the body is never read.
-    limited = BodySizeLimit(_reads_body, max_bytes=10)
+    limited = _guard(_reads_body, max_bytes=10)
     with pytest.raises(UploadTooLarge, match="received 12 so far"):
         await _call(limited, headers=[], chunks=[b"x" * 6, b"x" * 6, b"never read"])
 

@@ -232,3 +232,45 @@ def test_probes_log_at_debug_and_traffic_at_info(
     }
     assert levels["/readyz"] == logging.DEBUG and levels["/metrics"] == logging.DEBUG, levels
     assert levels["/v1/classify"] == logging.INFO, levels
+
+
+def test_wrong_keys_are_throttled_per_address_but_a_valid_key_still_gets_in(
+    gateway_model: GatewayModel,
+) -> None:
+    """Issue: 3,033 wrong keys in a row all got 401. Now the address is slowed down (429 +
+    Retry-After) after a few, and a valid key from the same address still works."""
+    from service.app import create_app
+
+    settings = gateway_settings(gateway_model.model_base, api_keys=(KEY_AUTH,),
+                                auth_failures_per_min=5)  # fmt: skip
+    with serving(create_app(settings)) as live:
+        wrong = [_post(live.url, {"X-API-Key": f"guess-{i}"}) for i in range(8)]
+        assert [r.status_code for r in wrong] == [401] * 5 + [429] * 3
+        assert int(wrong[-1].headers["retry-after"]) >= 1
+        assert wrong[-1].json()["error"] == "rate_limited"
+        assert "wrong or missing API key" in wrong[-1].json()["detail"]
+        assert _post(live.url, {"X-API-Key": KEY_AUTH}).status_code == 200
+
+
+@pytest.mark.parametrize(("trusted", "limited"), [((), True), (("127.0.0.1",), False)])
+def test_forwarded_for_names_the_client_only_when_the_proxy_is_trusted(
+    tmp_path: Any, trusted: tuple[str, ...], limited: bool
+) -> None:
+    """Issue: uvicorn believes X-Forwarded-For from 127.0.0.1 by default, so a local client
+    escaped the per-address rate limit by inventing addresses. Run as `serve` runs it."""
+    from service.app import create_app
+
+    settings = gateway_settings(tmp_path, rate_limit_per_s=0.1, rate_limit_burst=2,
+                                forwarded_allow_ips=trusted)  # fmt: skip
+    with serving(create_app(settings), ready=False, settings=settings) as live:
+        statuses = [
+            httpx.post(
+                f"{live.url}/v1/classify",
+                content=b"x",
+                timeout=10,
+                headers={"X-Forwarded-For": f"10.0.0.{i}"},
+            ).status_code
+            for i in range(4)
+        ]
+    # Requests the guard lets through meet the model-less gateway: 503 not_ready.
+    assert (429 in statuses) is limited, statuses
