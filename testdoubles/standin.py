@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,6 @@ from testdoubles.errors import StandInError
 from testdoubles.tfs_batching import BatchingOptions, SharedBatchScheduler
 from testdoubles.tfs_lifecycle import (
     AVAILABLE,
-    STATE_NAMES,
     ModelManager,
     VersionEntry,
     read_models_config,
@@ -84,6 +84,7 @@ class Fault:
     load_error: TFSError | None = None
     predict_delay_s: float = 0.0  # per graph execution (per batch when batching)
     predict_error: TFSError | None = None
+    predict_gate: threading.Event | None = None  # executions wait until it is set (<= 60 s)
 
 
 @dataclass
@@ -228,6 +229,8 @@ class StandIn:
 
     def _before_run(self, model: str, version: int) -> None:
         fault = self.faults.get(model, version)
+        if fault.predict_gate is not None:
+            fault.predict_gate.wait(60)
         delay = self.delay_s + fault.predict_delay_s
         if delay > 0:
             time.sleep(delay)
@@ -331,13 +334,11 @@ class StandIn:
         return {k: sorted(v) for k, v in sorted(out.items())}
 
     def wait_for_state(self, model: str, version: int, state: str, timeout_s: float) -> bool:
-        """Block until `model` `version` is in `state` ("AVAILABLE", "END", ...)."""
+        """Block until `model` `version` has reached `state` ("AVAILABLE", "END", ...), now
+        or earlier (`manager.events` keeps every transition)."""
 
         def reached() -> bool:
-            return any(
-                e.model == model and e.version == version and STATE_NAMES[e.state] == state
-                for e in self.manager.entries()
-            )
+            return any(e[1:] == (model, version, state) for e in list(self.manager.events))
 
         return self.manager.wait_until(reached, timeout_s)
 
