@@ -150,12 +150,35 @@ def test_gateway_waits_for_a_healthy_tfserving(services: dict[str, Any]) -> None
     }
 
 
-def test_volumes_are_shared_and_read_only_for_servers(services: dict[str, Any]) -> None:
+def models_mounts(services: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Service -> its mount of the `models` volume, from compose's normalised config."""
+    return {
+        name: mount
+        for name, service in services.items()
+        for mount in service.get("volumes", [])
+        if mount.get("type") == "volume" and mount.get("source") == "models"
+    }
+
+
+@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, COMPOSE_CPU]], ids=["gpu", "cpu"])
+def test_the_builder_alone_gives_the_models_volume_its_owner(
+    compose_cmd: list[str], files: list[Path]
+) -> None:
+    """`docker compose up` creates every container before it starts any, and each one created
+    with the still-empty volume copies its image's /models owner onto it (TF Serving's image
+    has a root-owned /models). Only the builder (uid 10001, /models owned by it) may copy; the
+    servers mount read-only with nocopy."""
+    services = merged(compose_cmd, *files)
     base = str(gateway_settings(services["gateway"]["environment"]).model_base_path)
-    assert f"models:{base}" in services["builder"]["volumes"]
-    assert f"models:{base}:ro" in services["tfserving"]["volumes"]
-    assert f"models:{base}:ro" in services["gateway"]["volumes"]
+    mounts = models_mounts(services)
+    assert set(mounts) == {"builder", "tfserving", "gateway"}
+    assert {m["target"] for m in mounts.values()} == {base}
     assert services["builder"]["environment"]["MODEL_BASE"] == base
+    builder = mounts.pop("builder")
+    assert not builder.get("read_only") and not builder.get("volume", {}).get("nocopy")
+    for name, mount in mounts.items():
+        assert mount.get("read_only") is True, f"{name} must mount the models read-only"
+        assert mount.get("volume", {}).get("nocopy") is True, f"{name} must not copy-up"
 
 
 def test_one_model_name_everywhere(services: dict[str, Any]) -> None:
