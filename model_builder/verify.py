@@ -323,6 +323,10 @@ def _check_warmup(version_dir: Path, loaded: Any, m: Manifest) -> Check:
     except Exception as exc:  # a corrupt TFRecord or proto is a verdict
         return Check("warmup", False, f"cannot parse warmup records: {exc}")
     outputs = {s: tuple(sorted(loaded.signatures[s].structured_outputs)) for s in loaded.signatures}
+    try:
+        session = _SessionBundle(version_dir)
+    except Exception as exc:  # a load failure is a verdict
+        return Check("warmup", False, f"cannot load as TF Serving does (TF1 Session): {exc}")
     problems: list[str] = []
     seen: list[WarmupKey] = []
     ran: set[tuple[str, int]] = set()
@@ -344,10 +348,13 @@ def _check_warmup(version_dir: Path, loaded: Any, m: Manifest) -> Check:
         if (sig, n) in ran:
             continue  # the output filter does not change what the loaded function computes
         ran.add((sig, n))
-        feed = tf.constant(batch.astype(object) if dtype == "string" else batch)
-        out = loaded.signatures[sig](**{name: feed})
-        if out[OUTPUT_PROBABILITIES].shape != (n, m.num_classes):
-            problems.append(f"record {i} returned {out[OUTPUT_PROBABILITIES].shape}")
+        try:
+            probs = session.run(sig, name, batch)
+        except tf.errors.OpError as exc:
+            problems.append(f"record {i} fails as TF Serving runs it: {exc.message.strip()[:300]}")
+            continue
+        if probs.shape != (n, m.num_classes):
+            problems.append(f"record {i} returned {probs.shape}")
     want = required_warmup(m, outputs)
     missing = sorted(set(want) - set(seen))
     extra = sorted(set(seen) - set(want))
@@ -355,6 +362,7 @@ def _check_warmup(version_dir: Path, loaded: Any, m: Manifest) -> Check:
         problems.append(f"no record for {[_key_text(k) for k in missing]}")
     if extra or len(seen) != len(set(seen)):
         problems.append(f"records beyond one per call and bucket: {[_key_text(k) for k in extra]}")
+    session.close()
     if len(requests) > MAX_RECORDS:
         problems.append(f"{len(requests)} records; TF Serving reads at most {MAX_RECORDS}")
     if problems:
@@ -364,6 +372,25 @@ def _check_warmup(version_dir: Path, loaded: Any, m: Manifest) -> Check:
         True,
         f"{len(requests)} records: {len(CLIENT_CALLS)} client calls x buckets {list(m.batch_buckets)}",
     )
+
+
+class _SessionBundle:
+    """The export loaded as TF Serving loads it (TF's LoadSavedModel into a TF1 Session) and
+    run by tensor name: what `tf.saved_model.load` forgives, this does not (an export whose
+    variables the Session never restores fails here as it fails in TF Serving)."""
+
+    def __init__(self, version_dir: Path) -> None:
+        self._session = tf.compat.v1.Session(graph=tf.Graph())
+        meta = tf.compat.v1.saved_model.loader.load(self._session, ["serve"], str(version_dir))
+        self._signatures = meta.signature_def
+
+    def run(self, signature: str, name: str, batch: np.ndarray) -> np.ndarray:
+        sig = self._signatures[signature]
+        fetch = sig.outputs[OUTPUT_PROBABILITIES].name
+        return np.asarray(self._session.run(fetch, {sig.inputs[name].name: batch}))
+
+    def close(self) -> None:
+        self._session.close()
 
 
 class WarmupKey(NamedTuple):

@@ -29,7 +29,6 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.framework import tensor_pb2
-from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from contract.manifest import WARMUP_RELPATH
@@ -111,24 +110,26 @@ def serialize(array: np.ndarray, *, tensor_content: bool) -> Any:
 
 
 class Servable:
-    """A SavedModel version loaded with TensorFlow: its signatures and its SignatureDefs."""
+    """A SavedModel version loaded as TF Serving loads it: into a TF1 Session, from its
+    MetaGraphDef, run by tensor name (servables/tensorflow/saved_model_bundle_factory.cc calls
+    TF's LoadSavedModel). Not `tf.saved_model.load`: that object-graph loader forgives exports
+    TF Serving cannot run (a Keras 3 model whose variables the Session never restores)."""
 
     def __init__(self, name: str, version: int, path: Path) -> None:
         self.name, self.version, self.path = name, version, Path(path)
+        self._session = tf.compat.v1.Session(graph=tf.Graph())
         try:
-            saved = saved_model_pb2.SavedModel.FromString(
-                (self.path / "saved_model.pb").read_bytes()
-            )
-            self._loaded = tf.saved_model.load(str(self.path))
+            meta = tf.compat.v1.saved_model.loader.load(self._session, ["serve"], str(self.path))
         except tf.errors.OpError as exc:
+            self._session.close()
             raise TFSError(code_of(exc.error_code), exc.message) from None
-        except (OSError, DecodeError, ValueError) as exc:
+        except (OSError, RuntimeError, ValueError) as exc:
+            self._session.close()
             raise TFSError(
                 grpc.StatusCode.NOT_FOUND,
                 f"Could not load SavedModel at {self.path}: {str(exc).strip()[:300]}",
             ) from None
-        self.signature_defs = saved.meta_graphs[0].signature_def
-        self._functions: dict[str, Any] = dict(self._loaded.signatures)
+        self.signature_defs = meta.signature_def
 
     def prepare(self, request: Any) -> Call:
         """RunPredict's checks before Session::Run, with TF Serving's codes and texts."""
@@ -165,20 +166,19 @@ class Servable:
         return {a: i.name for a, i in self.signature_defs[signature].inputs.items()}
 
     def execute(self, signature: str, inputs: Arrays, fetches: tuple[str, ...]) -> Arrays:
-        """Run the signature once on `inputs`; the fetched outputs as numpy arrays."""
-        fn = self._functions[signature]
+        """One Session::Run of the signature's tensors; the fetched outputs by alias."""
         sig = self.signature_defs[signature]
-        feeds = {
-            a: tf.constant(v, dtype=tf.dtypes.as_dtype(sig.inputs[a].dtype))
-            for a, v in inputs.items()
-        }
+        feeds = {sig.inputs[a].name: v for a, v in inputs.items()}
         try:
-            result = fn(**feeds)
+            values = self._session.run([sig.outputs[a].name for a in fetches], feeds)
         except tf.errors.OpError as exc:
             raise TFSError(code_of(exc.error_code), exc.message) from None
         except (TypeError, ValueError) as exc:
             raise invalid(str(exc).strip()) from None
-        return {alias: result[alias].numpy() for alias in fetches}
+        return {alias: np.asarray(v) for alias, v in zip(fetches, values, strict=True)}
+
+    def close(self) -> None:
+        self._session.close()
 
 
 def _check_input_count(sig: Any, request: Any) -> None:
@@ -363,6 +363,7 @@ class VersionSession:
         if self._scheduler is not None:
             for queue in queues:
                 self._scheduler.remove_queue(queue)
+        self.servable.close()
 
 
 def _records(path: Path) -> Any:

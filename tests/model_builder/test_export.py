@@ -291,3 +291,44 @@ def test_cli_existing_version_is_one_line_exit_2(exported: Any) -> None:
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and "already exists" in line
     assert _tree_digest(exported.version_dir) == before
+
+
+def test_the_export_runs_as_tf_serving_loads_it(
+    exported: Any, pixels: np.ndarray, reference: Any
+) -> None:
+    """TF Serving loads a version with TF's LoadSavedModel into a TF1 Session and runs tensors
+    by name; every Keras weight must be restored there, not only under tf.saved_model.load."""
+    import tensorflow as tf
+
+    with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(exported.version_dir))
+        sig = meta.signature_def[SIGNATURE_PIXELS]
+        probs = session.run(
+            sig.outputs[OUTPUT_PROBABILITIES].name, {sig.inputs[INPUT_PIXELS].name: pixels}
+        )
+    np.testing.assert_allclose(probs, reference(exported.model, pixels), atol=1e-5)
+
+
+def test_verify_catches_an_export_tf_serving_cannot_run(
+    tiny_model: Any, run_info: RunInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the captured variables tracked (tensorflow/tensorflow#72963) the Session finds
+    the Keras weights uninitialised; `verify` must say so, as TF Serving would fail its load."""
+    from model_builder import export as export_module
+    from model_builder.verify import check_export
+
+    build = export_module.build_serving_module
+
+    def untracked(*args: Any, **kwargs: Any) -> Any:
+        module = build(*args, **kwargs)
+        del module.captured_variables
+        return module
+
+    monkeypatch.setattr(export_module, "build_serving_module", untracked)
+    version_dir = export_model(
+        tiny_model, model_base=tmp_path, name="tiny", version=1, run_info=run_info,
+        buckets=(1,), top_k=3,
+    )  # fmt: skip
+    [failed] = check_export(version_dir, use_cli=False).failed
+    assert failed.name == "warmup" and "fails as TF Serving runs it" in failed.detail
+    assert "Could not find variable" in failed.detail or "Read variable failure" in failed.detail
