@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("version_dir", type=Path)
     parser.add_argument("--list", action="store_true", help="print the graph's ops and exit")
+    parser.add_argument(
+        "--no-run", action="store_true", help="check ops and load only; skip the warmup records"
+    )
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(graph_ops(args.version_dir)))
@@ -133,14 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     with tf.compat.v1.Session(graph=tf.Graph()) as session:
         meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(args.version_dir))
         print("ok   loaded into a TF1 Session, as TF Serving loads it")
-        n = 0
+        if args.no_run:
+            return 0
+        total = 0.0
         for signature, inputs, outputs in records:
             sig = meta.signature_def[signature]
             fetch = outputs or sorted(sig.outputs)
             feed = {sig.inputs[k].name: v for k, v in inputs.items()}
+            start = time.perf_counter()
             session.run([sig.outputs[k].name for k in fetch], feed_dict=feed)
-            n += 1
-        print(f"ok   ran {n} warmup records through the Session")
+            seconds = time.perf_counter() - start
+            total += seconds
+            batch = len(next(iter(inputs.values())))
+            print(f"     {signature:16} batch {batch:4}  {','.join(fetch):40} {seconds:8.2f} s")
+        print(f"ok   ran {len(records)} warmup records through the Session in {total:.1f} s")
     return 0
 
 
