@@ -13,6 +13,8 @@ from deploy_support import (
     COMPOSE,
     COMPOSE_CPU,
     ROOT,
+    container,
+    k8s_docs,
     load_yaml,
     run,
 )
@@ -190,8 +192,8 @@ def test_one_model_name_everywhere(services: dict[str, Any]) -> None:
 # TF Serving GPU images with public evidence that they exist (nothing here can reach Docker Hub).
 # 2.19.1-gpu: third-party k8s/compose manifests pulling it, one a validation note naming it "the
 # current official TensorFlow Serving release and Docker tag"; tensorflow/serving tag 2.19.1
-# ships tensorflow_serving/tools/docker/Dockerfile.gpu. No 2.21.0 release or r2.21 branch exists
-# in tensorflow/serving (newest tag: 2.20.0, 2026-04-23) and no "2.20.0-gpu" pull was found.
+# ships tensorflow_serving/tools/docker/Dockerfile.gpu. No pull of "2.20.0-gpu" or "2.21.0-gpu" was
+# found (tensorflow-serving-api 2.21.0 on PyPI suggests a 2.21.0 release: add it once a pull is).
 EVIDENCED_GPU_TAGS = {"2.18.0-gpu", "2.19.1-gpu"}
 OPS_CHECKED = ROOT / "deploy" / "tfserving" / "export_ops.txt"
 
@@ -213,6 +215,32 @@ def test_tfserving_image_exists_and_runs_the_export(services: dict[str, Any]) ->
     assert checked_tensorflow().rsplit(".", 1)[0] == match.group(2).rsplit(".", 1)[0]
     assert flags(services["tfserving"])["xla_gpu_compilation_enabled"] == "true"
     assert services["tfserving"]["entrypoint"] == ["tensorflow_model_server"]
+
+
+# Whole warmup of the default export measured on CPU, load included (benchmarks/results/
+# warmup_cpu.md: ResNet-50 float32, 21 records, TensorFlow 2.19.1 loaded as TF Serving loads it).
+MEASURED_CPU_WARMUP_S = 30.7
+
+
+def compose_seconds(value: str) -> float:
+    """compose's normalised durations: `2m0s`, `5m0s`, `10s`."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", value)
+    assert parts, f"unsupported duration {value!r}"
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[u] for n, u in parts)
+
+
+@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, COMPOSE_CPU]], ids=["gpu", "cpu"])
+def test_health_checks_wait_out_the_measured_warmup(
+    compose_cmd: list[str], files: list[Path]
+) -> None:
+    """TF Serving opens its ports only after warmup; a start period shorter than warmup marks
+    it unhealthy and `docker compose up` gives up on the gateway that depends on it."""
+    check = merged(compose_cmd, *files)["tfserving"]["healthcheck"]
+    window = compose_seconds(check["start_period"])
+    window += compose_seconds(check["interval"]) * check["retries"]
+    assert window >= 4 * MEASURED_CPU_WARMUP_S
+    k8s = container(k8s_docs()[("Deployment", "tfserving")], "tfserving")["startupProbe"]
+    assert k8s["periodSeconds"] * k8s["failureThreshold"] >= window
 
 
 def test_tfserving_healthcheck_script_is_mounted(services: dict[str, Any]) -> None:
