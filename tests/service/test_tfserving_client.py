@@ -91,19 +91,18 @@ async def test_reply_in_tensor_content_reads_the_same(
     options = _batching(exported_model, enable_serialization_as_tensor_content=True)
     images = _images(4)
     with StandIn(exported_model.model_base, exported_model.name, options=options) as other:
-        backend = _client(exported_model, other.address)
-        await backend.start()
-        try:
-            content = await backend.predict(images, timeout_s=10)
-        finally:
-            await backend.close()
-    backend = _client(exported_model, standin.address)
+        content = await _predict_once(exported_model, other.address, images)
+    fields = await _predict_once(exported_model, standin.address, images)
+    np.testing.assert_array_equal(content, fields)
+
+
+async def _predict_once(exported_model: Any, address: str, images: np.ndarray) -> np.ndarray:
+    backend = _client(exported_model, address)
     await backend.start()
     try:
-        fields = await backend.predict(images, timeout_s=10)
+        return await backend.predict(images, timeout_s=10)
     finally:
         await backend.close()
-    np.testing.assert_array_equal(content, fields)
 
 
 async def test_full_tf_serving_queue_is_503_and_leaves_the_breaker_closed(
