@@ -25,7 +25,7 @@ import PIL
 from PIL import Image, ImageDraw
 
 from contract.manifest import InputSpec, Preprocessing
-from service.decode import DecodeLimits, decode_image
+from service.decode import DecodeLimits, configure_pillow, decode_image
 
 SIZES = [(640, 480), (1920, 1080), (4032, 3024)]
 # (target side, crop_fraction): the demo model's input, and ImageNet-style 224 / 0.875.
@@ -189,6 +189,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=0.3, help="minimum seconds per round")
     args = parser.parse_args()
+    configure_pillow()  # as the gateway does at start
     rows = run(args.rounds, args.seconds)
     meta: dict[str, object] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -5,6 +5,7 @@
      |    +-- ManifestError                manifest.json missing, unreadable or invalid
      |    +-- SignatureMismatch            a served signature that does not match the manifest
      |    +-- TensorError                  a TensorProto that does not hold what it declares
+     |    +-- ImageShapeError              an image batch that is not the model's uint8 [N,H,W,3]
      |    +-- ConfigError                  a TF Serving config file that cannot be written or read
      +-- model_builder.errors.ModelBuilderError    bad dataset, weights, architecture, export ...
      +-- service.errors.GatewayError               mapped to HTTP status + JSON in one place
@@ -36,6 +37,10 @@ class SignatureMismatch(ContractError):
 
 class TensorError(ContractError):
     """A TensorProto whose dtype, shape or values do not fit what the caller expects."""
+
+
+class ImageShapeError(ContractError):
+    """Images whose dtype or shape is not the model's input (a caller's bug, not the client's)."""
 
 
 class ConfigError(ContractError):

@@ -14,9 +14,10 @@ import json
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from contract.errors import ManifestError
+from contract.errors import ImageShapeError, ManifestError
 from contract.signatures import (
     INPUT_PIXELS,
     OUTPUT_PROBABILITIES,
@@ -125,6 +126,26 @@ class Manifest(_Strict):
             inputs={INPUT_PIXELS: ("uint8", (None, spec.height, spec.width, spec.channels))},
             outputs={OUTPUT_PROBABILITIES: ("float32", (None, self.num_classes))},
         )
+
+    def check_images(self, images: np.ndarray) -> None:
+        """Raise ImageShapeError unless `images` is uint8 `[N, height, width, 3]`, N >= 1.
+
+        The one check of what goes to the model, for everyone who hands it pixels (the
+        gateway's batcher and both backends), so they all refuse with the same message.
+        """
+        spec = self.input
+        want = (spec.height, spec.width, spec.channels)
+        if (
+            images.dtype != np.uint8
+            or images.ndim != 4
+            or images.shape[1:] != want
+            or not len(images)
+        ):
+            raise ImageShapeError(
+                f"images for model {self.model_name} v{self.model_version} must be uint8 "
+                f"[N,{want[0]},{want[1]},{want[2]}] with N >= 1. "
+                f"Received: {images.dtype}{list(images.shape)}"
+            )
 
     def bucket_for(self, n: int) -> int:
         """The smallest bucket that holds `n` images (the caller splits batches above max)."""

@@ -15,7 +15,7 @@ import atheris
 
 with atheris.instrument_imports(include=["PIL", "service"]):
     from contract.manifest import InputSpec, Preprocessing
-    from service.decode import DecodeLimits, decode_image
+    from service.decode import DecodeLimits, configure_pillow, decode_image
     from service.errors import GatewayError
 
 INPUT = InputSpec(height=32, width=32)
@@ -37,6 +37,7 @@ def test_one_input(data: bytes) -> None:
 
 
 def main() -> None:
+    configure_pillow()  # as the gateway does at start
     atheris.Setup(sys.argv, test_one_input)
     atheris.Fuzz()
 

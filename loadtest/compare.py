@@ -2,43 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.table import Table
 
-from loadtest.histogram import PERCENTILES, percentile_key
-from loadtest.report import step_label
+from loadtest.histogram import PERCENTILES
+from loadtest.results import RunResult, StepResult, percentile_key
 
-METRICS = [
-    "throughput_rps",
-    "error_rate",
-    "latency.p50_ms",
-    *[f"latency.{percentile_key(p)}" for p in PERCENTILES[1:]],
-    "latency.max_ms",
-]
+Metric = Callable[[StepResult], float | None]
 
 
-def _get(step: dict[str, Any], key: str) -> float | None:
-    if key.startswith("latency."):
-        v = step["latency_ms"].get(key.split(".", 1)[1])
-    else:
-        v = step.get(key)
-    return float(v) if isinstance(v, (int, float)) else None
+def _percentile(p: float) -> Metric:
+    return lambda s: s.latency_ms.at(p)
 
 
-def compare_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+METRICS: dict[str, Metric] = {
+    "throughput_rps": lambda s: s.throughput_rps,
+    "error_rate": lambda s: s.error_rate,
+    **{f"latency.{percentile_key(p)}": _percentile(p) for p in PERCENTILES},
+    "latency.max_ms": lambda s: s.latency_ms.max_ms,
+}
+
+
+def compare_rows(a: RunResult, b: RunResult) -> list[dict[str, Any]]:
     """Steps paired by position; one row per (step, metric) with A, B and B/A."""
     rows: list[dict[str, Any]] = []
-    for i, (sa, sb) in enumerate(zip(a["steps"], b["steps"], strict=False)):
-        for m in METRICS:
-            va, vb = _get(sa, m), _get(sb, m)
+    for i, (sa, sb) in enumerate(zip(a.steps, b.steps, strict=False)):
+        for name, get in METRICS.items():
+            va, vb = get(sa), get(sb)
             ratio = vb / va if va not in (None, 0.0) and vb is not None else None
-            rows.append({"step": i, "load_a": step_label(sa), "load_b": step_label(sb), "metric": m,
+            rows.append({"step": i, "load_a": sa.label, "load_b": sb.label, "metric": name,
                          "a": va, "b": vb, "ratio": None if ratio is None else round(ratio, 3)})  # fmt: skip
     return rows
 
 
-def compare_table(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str) -> Table:
+def compare_table(a: RunResult, b: RunResult, name_a: str, name_b: str) -> Table:
     table = Table(title=f"A = {name_a}   B = {name_b}")
     for col in ["step", "metric", "A", "B", "B/A"]:
         table.add_column(col, justify="right")

@@ -20,74 +20,14 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from time import perf_counter as now  # one system-wide clock (CLOCK_MONOTONIC) for all workers
 from typing import Any
 
-from loadtest.errors import LoadTestError
-from loadtest.recorder import StepRecorder, StepTotals
+from loadtest.plan import StepSpec
+from loadtest.recorder import Partial, StepRecorder, StepTotals
+from loadtest.results import StepResult
 from loadtest.targets import Target
-
-
-@dataclass(frozen=True)
-class StepSpec:
-    """One step: open loop at `rate` or closed loop with `concurrency`, always bounded."""
-
-    rate: float | None = None
-    concurrency: int | None = None
-    arrival: str = "constant"  # constant | poisson
-    warmup_s: float = 0.0
-    duration_s: float | None = 10.0
-    requests: int | None = None  # measured requests (after the warm-up)
-    timeout_s: float = 10.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if (self.rate is None) == (self.concurrency is None):
-            raise LoadTestError(
-                "give exactly one of --rate/--rates/--ramp (open loop) or --concurrency (closed loop)"
-            )
-        if self.rate is not None and not (0 < self.rate <= 1_000_000):
-            raise LoadTestError(f"rate must be in (0, 1e6] requests/s. Received: {self.rate}")
-        if self.concurrency is not None and not (1 <= self.concurrency <= 100_000):
-            raise LoadTestError(f"--concurrency must be in 1..100000. Received: {self.concurrency}")
-        if self.arrival not in ("constant", "poisson"):
-            raise LoadTestError(
-                f"--arrival must be constant or poisson. Received: {self.arrival!r}"
-            )
-        if self.duration_s is None and self.requests is None:
-            raise LoadTestError("a run must be bounded: give --duration or --requests")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise LoadTestError(f"--duration must be > 0 seconds. Received: {self.duration_s}")
-        if self.requests is not None and self.requests < 1:
-            raise LoadTestError(f"--requests must be >= 1. Received: {self.requests}")
-        if self.warmup_s < 0 or self.timeout_s <= 0:
-            raise LoadTestError(
-                f"--warmup must be >= 0 and --timeout > 0. Received: {self.warmup_s}, {self.timeout_s}"
-            )
-
-    @property
-    def open_loop(self) -> bool:
-        return self.rate is not None
-
-    def share(self, index: int, workers: int) -> tuple[int, int | None]:
-        """Closed loop: (clients, measured requests) that worker `index` of `workers` runs."""
-
-        def part(n: int) -> int:
-            return n // workers + (1 if index < n % workers else 0)
-
-        assert self.concurrency is not None
-        return part(self.concurrency), None if self.requests is None else part(self.requests)
-
-    def planned_s(self) -> float:
-        """Upper estimate of the step's wall time, for the global hard timeout."""
-        if self.duration_s is not None:
-            body = self.duration_s
-        elif self.rate is not None:
-            body = (self.requests or 0) / self.rate
-        else:
-            body = (self.requests or 0) * self.timeout_s / (self.concurrency or 1)
-        return self.warmup_s + body + self.timeout_s
 
 
 @dataclass
@@ -98,7 +38,6 @@ class Live:
     done: int = 0
     ok: int = 0
     measuring: bool = False
-    t_start: float = field(default_factory=time.monotonic)
 
 
 def schedule(spec: StepSpec, t0: float, window_start: float) -> Iterator[tuple[int, float]]:
@@ -148,9 +87,8 @@ async def _watchdog(target: Target, tick: float) -> None:
 
 
 async def measure(target: Target, spec: StepSpec, t0: float, *, index: int = 0, workers: int = 1,
-                  live: Live | None = None) -> dict[str, Any]:  # fmt: skip
-    """Run this process's part of one step starting at `t0`; returns a recorder partial
-    (plus `last_s`: the last measured due/start time, relative to the window)."""
+                  live: Live | None = None) -> Partial:  # fmt: skip
+    """Run this process's part of one step starting at `t0`; returns what it recorded."""
     live = live or Live()
     window_start = t0 + spec.warmup_s
     rec = StepRecorder(window_start, open_loop=spec.open_loop)
@@ -164,8 +102,8 @@ async def measure(target: Target, spec: StepSpec, t0: float, *, index: int = 0, 
             finished.set_result(None)
 
     def done(due: float, sent: float, t: float, status: Any, ok: bool, error: str | None,
-             timing: Any) -> None:  # fmt: skip
-        rec.record(due, sent, t, status, ok, error, timing)
+             timing: Any, detail: Any) -> None:  # fmt: skip
+        rec.record(due, sent, t, status, ok, error, timing, detail)
         live.done += 1
         live.ok += ok
         state["outstanding"] -= 1
@@ -232,32 +170,19 @@ async def measure(target: Target, spec: StepSpec, t0: float, *, index: int = 0, 
     rec.conn_waits = target.waits - waits_before
     rec.cpu_s = time.process_time() - cpu0
     rec.issued = live.started
-    part = rec.partial()
-    part["last_s"] = state["last"] - window_start
-    return part
+    return rec.partial(last_s=state["last"] - window_start)
 
 
-def summarise(spec: StepSpec, parts: list[dict[str, Any]], started_at: float) -> dict[str, Any]:
-    """One step's summary from the partials of every process that ran it."""
+def summarise(spec: StepSpec, parts: list[Partial], started_at: float) -> StepResult:
+    """One step's result from the partials of every process that ran it."""
     totals = StepTotals()
     for part in parts:
         totals.add(part)
-    last_s = max((p["last_s"] for p in parts), default=0.0)
-    window_s = spec.duration_s if spec.duration_s is not None else max(last_s, 1e-3)
-    out: dict[str, Any] = {
-        "mode": "open" if spec.open_loop else "closed",
-        "offered_rate": spec.rate,
-        "arrival": spec.arrival if spec.open_loop else None,
-        "concurrency": spec.concurrency,
-        "warmup_s": spec.warmup_s,
-        "started_at": round(started_at, 3),
-    }
-    out.update(totals.summary(window_s=window_s, open_loop=spec.open_loop))
-    return out
+    return totals.result(spec, started_at)
 
 
-async def run_step(target: Target, spec: StepSpec, live: Live | None = None) -> dict[str, Any]:
-    """Run one step in this process and return its summary (see recorder.StepTotals)."""
+async def run_step(target: Target, spec: StepSpec, live: Live | None = None) -> StepResult:
+    """Run one step in this process and return its result."""
     started_at = time.time()
     part = await measure(target, spec, now() + 0.005, live=live)
     return summarise(spec, [part], started_at)

@@ -49,7 +49,7 @@ def run_loop(coro: Coroutine[Any, Any, T], *, precise_timers: bool = False) -> T
         with asyncio.Runner(loop_factory=new_precise_loop) as runner:
             return runner.run(coro)
     try:
-        import uvloop
+        import uvloop  # optional (not in the [loadtest] extra): asyncio's loop serves without it
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)

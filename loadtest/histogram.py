@@ -14,10 +14,12 @@ processes in hdrh's compressed encoding.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
+
+from loadtest.results import Latency
 
 PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0, 99.9)
 LOWEST_US = 1
@@ -25,9 +27,15 @@ HIGHEST_US = 3_600_000_000  # one hour: anything longer is clamped (and is a tim
 SIGNIFICANT_DIGITS = 3
 
 
-def percentile_key(p: float) -> str:
-    """`50.0` -> `p50_ms`, `99.9` -> `p99.9_ms` (the names used in JSON, CSV and tables)."""
-    return f"p{p:g}_ms"
+@dataclass(frozen=True)
+class WireHistogram:
+    """A histogram between processes: hdrh's compressed encoding plus the exact extras."""
+
+    hdr: bytes | None
+    count: int
+    min_s: float
+    max_s: float
+    sum_s: float
 
 
 class LatencyHistogram:
@@ -40,13 +48,6 @@ class LatencyHistogram:
         self._min_s = math.inf
         self._max_s = 0.0
         self._sum_s = 0.0
-
-    def record(self, seconds: float) -> None:
-        """Record one duration given in seconds (clamped into the trackable range)."""
-        self.record_many(np.array([seconds], dtype=np.float64))
-
-    def record_ms(self, ms: float) -> None:
-        self.record(ms / 1000.0)
 
     def record_many(self, seconds: np.ndarray) -> None:
         """Record many durations (seconds) at once: hdrh's bucket index, vectorised."""
@@ -70,20 +71,20 @@ class LatencyHistogram:
         self._max_s = max(self._max_s, float(seconds.max()))
         self._sum_s += float(seconds.sum())
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self) -> WireHistogram:
         """A picklable, compact form (hdrh encoding plus the exact extras)."""
-        return {"hdr": self._h.encode() if self.count else None, "count": self.count,
-                "min_s": self._min_s, "max_s": self._max_s, "sum_s": self._sum_s}  # fmt: skip
+        return WireHistogram(self._h.encode() if self.count else None, self.count,
+                             self._min_s, self._max_s, self._sum_s)  # fmt: skip
 
-    def merge_wire(self, wire: dict[str, Any]) -> None:
+    def merge_wire(self, wire: WireHistogram) -> None:
         """Add a histogram sent by `to_wire()` (e.g. from a worker process)."""
-        if not wire["count"]:
+        if not wire.count:
             return
-        self._h.add(HdrHistogram.decode(wire["hdr"]))
-        self.count += wire["count"]
-        self._min_s = min(self._min_s, wire["min_s"])
-        self._max_s = max(self._max_s, wire["max_s"])
-        self._sum_s += wire["sum_s"]
+        self._h.add(HdrHistogram.decode(wire.hdr))
+        self.count += wire.count
+        self._min_s = min(self._min_s, wire.min_s)
+        self._max_s = max(self._max_s, wire.max_s)
+        self._sum_s += wire.sum_s
 
     def percentiles_ms(self, percentiles: tuple[float, ...] = PERCENTILES) -> dict[float, float]:
         """Percentile -> value in ms, hdrh's nearest-rank rule, from one cumulative sum."""
@@ -107,16 +108,11 @@ class LatencyHistogram:
     def min_ms(self) -> float:
         return self._min_s * 1000.0 if self.count else math.nan
 
-    def summary(self) -> dict[str, Any]:
-        """`{"count", "min_ms", "mean_ms", "p50_ms", ..., "p99.9_ms", "max_ms"}`; NaN-free."""
-        out: dict[str, Any] = {"count": self.count}
+    def summary(self) -> Latency:
+        """count, min, mean, PERCENTILES and max in ms (rounded to the µs); None-filled when
+        empty, never NaN."""
         if not self.count:
-            out.update({"min_ms": None, "mean_ms": None, "max_ms": None})
-            out.update({percentile_key(p): None for p in PERCENTILES})
-            return out
-        out["min_ms"] = round(self.min_ms, 3)
-        out["mean_ms"] = round(self._sum_s / self.count * 1000.0, 3)
-        for p, v in self.percentiles_ms().items():
-            out[percentile_key(p)] = round(v, 3)
-        out["max_ms"] = round(self.max_ms, 3)
-        return out
+            return Latency(0, None, None, dict.fromkeys(PERCENTILES), None)
+        pct = {p: round(v, 3) for p, v in self.percentiles_ms().items()}
+        mean = round(self._sum_s / self.count * 1000.0, 3)
+        return Latency(self.count, round(self.min_ms, 3), mean, pct, round(self.max_ms, 3))

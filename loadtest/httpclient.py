@@ -28,8 +28,14 @@ MAX_HEAD = 65536
 # seconds-long latencies. Requests beyond this wait (counted) for a connection instead.
 MAX_CONNECTING = 32
 
-# done(due, sent, done, status, ok, error, server_timing)
-DoneFn = Callable[[float, float, float, Any, bool, "str | None", "bytes | None"], None]
+MAX_ERROR_BODY = 1024  # bytes of a non-2xx body passed on (the gateway's JSON error fits)
+
+# done(due, sent, done, status, ok, error, server_timing, detail): `error` names a transport
+# failure (error_kind), `detail` is the server's own text for a failed request (a non-2xx
+# body, gRPC status details), None otherwise.
+DoneFn = Callable[
+    [float, float, float, Any, bool, "str | None", "bytes | None", "bytes | str | None"], None
+]
 
 
 class ProtocolError(Exception):
@@ -174,6 +180,12 @@ class _Conn(asyncio.Protocol):
 
     def _finish(self, end: int) -> None:
         done = now()
+        ok = 200 <= self._status < 300
+        detail = (
+            None
+            if ok
+            else bytes(self.buf[self._head_end : min(end, self._head_end + MAX_ERROR_BODY)])
+        )
         if end >= len(self.buf):
             self.buf.clear()
         else:
@@ -182,7 +194,7 @@ class _Conn(asyncio.Protocol):
         assert cb is not None
         self.cb = None
         self.pool.release(self)  # may start the next waiting request on this connection
-        cb(due, sent, done, status, 200 <= status < 300, None, self._timing)
+        cb(due, sent, done, status, ok, None, self._timing, detail)
 
     def fail(self, kind: str) -> None:
         """End the request in flight with a transport error and drop the connection."""
@@ -190,7 +202,7 @@ class _Conn(asyncio.Protocol):
         self.cb = None
         self.pool.discard(self)
         if cb is not None:
-            cb(due, sent, now(), None, False, kind, None)
+            cb(due, sent, now(), None, False, kind, None, None)
 
 
 class HttpPool:
@@ -260,7 +272,7 @@ class HttpPool:
             self._connecting -= 1
             if self._pending:  # the request that asked for this connection fails
                 _, due, _, queued, cb = self._pending.popleft()
-                cb(due, queued, now(), None, False, error_kind(exc), None)
+                cb(due, queued, now(), None, False, error_kind(exc), None, None)
             self._grow()
             return
         self._connecting -= 1
@@ -278,7 +290,7 @@ class HttpPool:
         while pending:
             payload, due, deadline, queued, cb = pending.popleft()
             if deadline <= t:
-                cb(due, queued, t, None, False, "timeout", None)
+                cb(due, queued, t, None, False, "timeout", None, None)
                 continue
             self._busy.add(conn)
             conn.begin(payload, due, deadline, cb)
@@ -306,7 +318,7 @@ class HttpPool:
         pending = self._pending
         while pending and pending[0][2] <= t:
             _, due, _, queued, cb = pending.popleft()
-            cb(due, queued, t, None, False, "timeout", None)
+            cb(due, queued, t, None, False, "timeout", None, None)
 
     def close(self) -> None:
         for conn in [*self._idle, *self._busy]:
@@ -316,3 +328,39 @@ class HttpPool:
         self._busy.clear()
         for task in self._tasks:
             task.cancel()
+
+
+async def get_once(host: str, port: int, path: str, *, timeout_s: float,
+                   limit: int = 1 << 20) -> tuple[int, bytes]:  # fmt: skip
+    """One `GET path` on a fresh connection: (status, body), within `timeout_s`.
+
+    For the sweep's `/readyz` and `/v1/models`, not for measuring: HTTP/1.0 with
+    `Connection: close`, so the response is never chunked; the body is `Content-Length`
+    bytes, or what came before the close (at most `limit` bytes). OSError, TimeoutError or
+    ProtocolError when there is no such response.
+    """
+    async with asyncio.timeout(timeout_s):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(
+                f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode(
+                    "latin-1"
+                )
+            )
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+                fields = head.split(b" ", 2)
+                if not head.startswith(b"HTTP/1.") or len(fields) < 2 or not fields[1].isdigit():
+                    raise ProtocolError(f"not an HTTP response: {head[:60]!r}")
+                length = _header(head, head.lower(), b"\r\ncontent-length:")
+                if length is not None and length.isdigit() and int(length) <= limit:
+                    body = await reader.readexactly(int(length))
+                else:  # delimited by the close
+                    body = b""
+                    while len(body) < limit and (chunk := await reader.read(limit - len(body))):
+                        body += chunk
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+                raise ProtocolError("the response ended early or its head is too large") from exc
+        finally:
+            writer.close()
+    return int(fields[1]), body

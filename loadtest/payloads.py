@@ -8,15 +8,17 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image as PILImage
 
 from loadtest.errors import LoadTestError
+from loadtest.plan import GEN_FORMATS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
-FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 MAX_PREBUILT = 64  # distinct request bodies cycled through
 BOUNDARY = "resnetservingloadtestboundary"
 
@@ -26,21 +28,6 @@ class Image:
     name: str
     data: bytes
     content_type: str
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """`640x480` -> (640, 480); the rule is WIDTHxHEIGHT with both in 1..8192."""
-    w, sep, h = text.lower().partition("x")
-    if (
-        not sep
-        or not w.isdigit()
-        or not h.isdigit()
-        or not (0 < int(w) <= 8192 and 0 < int(h) <= 8192)
-    ):
-        raise LoadTestError(
-            f"--gen-size must be WIDTHxHEIGHT with sides 1..8192. Received: {text!r}"
-        )
-    return int(w), int(h)
 
 
 def _content_type(name: str) -> str:
@@ -61,21 +48,15 @@ def load_images(folder: Path) -> list[Image]:
 
 
 def generate_images(
-    sizes: list[str], formats: list[str], count: int = 4, seed: int = 0
+    sizes: Sequence[tuple[int, int]], formats: Sequence[str], count: int = 4, seed: int = 0
 ) -> list[Image]:
-    """`count` smooth random images per size and format (photo-like, so JPEG sizes are real)."""
-    from PIL import Image as PILImage
-
+    """`count` smooth random images per (width, height) and format (one of plan.GEN_FORMATS);
+    photo-like, so JPEG sizes are real."""
     rng = np.random.default_rng(seed)
     out: list[Image] = []
-    for size in sizes:
-        w, h = parse_size(size)
+    for w, h in sizes:
         for fmt in formats:
-            pil_fmt = FORMATS.get(fmt.lower())
-            if pil_fmt is None:
-                raise LoadTestError(
-                    f"--gen-format must be one of {sorted(FORMATS)}. Received: {fmt!r}"
-                )
+            pil_fmt = GEN_FORMATS[fmt.lower()]
             for i in range(count):
                 small = rng.integers(
                     0, 256, size=(max(2, h // 32), max(2, w // 32), 3), dtype=np.uint8
@@ -116,24 +97,17 @@ def build_http_requests(
     path: str,
     per_request: int,
     encoding: str = "multipart",
-    method: str = "POST",
 ) -> list[bytes]:
-    """Complete HTTP/1.1 requests (head + body), one per starting image, cycled when sending."""
-    if per_request < 1:
-        raise LoadTestError(f"--images-per-request must be >= 1. Received: {per_request}")
-    if encoding == "raw" and per_request != 1:
-        raise LoadTestError(
-            f"--body raw sends one image per request. Received: --images-per-request {per_request}"
-        )
+    """Complete HTTP/1.1 requests (head + body), one per starting image, cycled when sending.
+    `per_request` >= 1, and 1 for `raw` (plan.inputs_from checks both)."""
     out: list[bytes] = []
     for i in range(min(len(images), MAX_PREBUILT)):
         chosen = [images[(i + j) % len(images)] for j in range(per_request)]
-        body, ctype = _body(chosen, encoding) if method == "POST" else (b"", "")
+        body, ctype = _body(chosen, encoding)
         head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: resnet-serving-loadtest\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: resnet-serving-loadtest\r\n"
+            f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
         )
-        if method == "POST":
-            head += f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
         out.append(head.encode("latin-1") + b"\r\n" + body)
     return out
 
@@ -142,8 +116,6 @@ def pixel_batches(
     images: list[Image], *, per_request: int, height: int, width: int
 ) -> list[np.ndarray]:
     """uint8 [N, H, W, 3] RGB arrays (stretched to H x W) for TF Serving Predict requests."""
-    from PIL import Image as PILImage
-
     arrays = []
     for im in images[:MAX_PREBUILT]:
         pil = PILImage.open(io.BytesIO(im.data)).convert("RGB").resize((width, height))

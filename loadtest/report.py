@@ -1,25 +1,32 @@
-"""Results on disk (JSON + CSV) and on the terminal (rich tables).
+"""A run's results on disk (`--out DIR`) and on the terminal (rich tables).
 
-`result.json` holds everything; `summary.csv` is one row per step; `timeseries.csv` is one
-row per second per step. SCHEMA names the format so `compare` can refuse other files.
+`write_outputs` runs every writer in WRITERS; each is a function `(RunResult, out_dir) ->
+written paths`, so a new output format is one function and one entry there:
+
+    result.json       everything (results.RunResult.to_json, schema results.SCHEMA)
+    summary.csv       one row per step (SUMMARY_COLUMNS)
+    timeseries.csv    one row per second per step (TIMESERIES_COLUMNS)
+    *.png             latency against load, latency over time (plots)
+    report.html       all of it on one self-contained page (html_report)
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import platform
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from loadtest.errors import LoadTestError
-from loadtest.histogram import PERCENTILES, percentile_key
+from loadtest.histogram import PERCENTILES
+from loadtest.html_report import write_run_report
+from loadtest.results import READABLE_SCHEMAS, RunResult, StepResult, percentile_key
 
-SCHEMA = "resnet-serving.loadtest/1"
 LATENCY_KEYS = ["min_ms", "mean_ms", *[percentile_key(p) for p in PERCENTILES], "max_ms"]
 SUMMARY_COLUMNS = [
     "step", "mode", "offered_rate", "arrival", "concurrency", "window_s", "elapsed_s",
@@ -27,73 +34,84 @@ SUMMARY_COLUMNS = [
     "late_fraction", "send_lag_p99_ms", "behind",
 ]  # fmt: skip
 TIMESERIES_COLUMNS = ["step", "offered_rate", "concurrency", "t_s", "completed", "p50_ms", "p99_ms"]
+MAX_ERROR_LINES = 10  # distinct server error texts printed (all are in result.json)
+
+Writer = Callable[[RunResult, Path], list[Path]]
 
 
-def machine() -> dict[str, Any]:
-    import os
-
-    return {"host": platform.node(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "platform": platform.platform()}  # fmt: skip
-
-
-def new_result(target: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "schema": SCHEMA,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine(),
-        "target": target,
-        "options": options,
-        "steps": [],
-        "max_rate": None,
-        "warnings": [],
-    }
-
-
-def summary_row(i: int, step: dict[str, Any]) -> dict[str, Any]:
-    sched = step.get("schedule") or {}
-    row = {k: step.get(k) for k in SUMMARY_COLUMNS}
-    row.update({"step": i, **{k: step["latency_ms"].get(k) for k in LATENCY_KEYS}})
+def summary_row(i: int, step: StepResult) -> dict[str, Any]:
+    """One summary.csv row: the step's counts, latency and schedule columns."""
+    doc = step.to_json()
+    row = {k: doc.get(k) for k in SUMMARY_COLUMNS}
+    row.update({"step": i, **{k: doc["latency_ms"].get(k) for k in LATENCY_KEYS}})
+    sched = doc["schedule"] or {}
     row.update({k: sched.get(k) for k in ("late_fraction", "send_lag_p99_ms", "behind")})
     return row
 
 
-def write_outputs(result: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Write result.json, summary.csv, timeseries.csv (and the plots) into `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "result.json", out_dir / "summary.csv", out_dir / "timeseries.csv"]
-    paths[0].write_text(json.dumps(result, indent=2) + "\n")
-    with paths[1].open("w", newline="") as f:
+def write_json(result: RunResult, out_dir: Path) -> list[Path]:
+    path = out_dir / "result.json"
+    path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return [path]
+
+
+def write_summary_csv(result: RunResult, out_dir: Path) -> list[Path]:
+    path = out_dir / "summary.csv"
+    with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
         w.writeheader()
-        for i, step in enumerate(result["steps"]):
-            w.writerow(summary_row(i, step))
-    with paths[2].open("w", newline="") as f:
+        w.writerows(summary_row(i, step) for i, step in enumerate(result.steps))
+    return [path]
+
+
+def write_timeseries_csv(result: RunResult, out_dir: Path) -> list[Path]:
+    path = out_dir / "timeseries.csv"
+    with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=TIMESERIES_COLUMNS)
         w.writeheader()
-        for i, step in enumerate(result["steps"]):
-            for row in step["timeseries"]:
-                w.writerow({"step": i, "offered_rate": step["offered_rate"],
-                            "concurrency": step["concurrency"], **row})  # fmt: skip
+        for i, step in enumerate(result.steps):
+            for t in step.timeseries:
+                w.writerow({"step": i, "offered_rate": step.offered_rate, "concurrency": step.concurrency,
+                            "t_s": t.t_s, "completed": t.completed, "p50_ms": t.p50_ms,
+                            "p99_ms": t.p99_ms})  # fmt: skip
+    return [path]
+
+
+def write_plots_and_html(result: RunResult, out_dir: Path) -> list[Path]:
+    """The PNG plots, then report.html with those plots embedded (html_report reads the
+    result.json document, not these types)."""
+    # matplotlib (~0.4 s to import) only when plots are written, never for `compare`.
     from loadtest.plots import write_plots
 
-    return paths + write_plots(result, out_dir)
+    plots = write_plots(result, out_dir)
+    return [*plots, write_run_report(result.to_json(), out_dir, plots)]
 
 
-def load_result(path: Path) -> dict[str, Any]:
-    """Read a result.json, refusing files that are not one (one-line error)."""
+WRITERS: tuple[Writer, ...] = (write_json, write_summary_csv, write_timeseries_csv,
+                               write_plots_and_html)  # fmt: skip
+
+
+def write_outputs(result: RunResult, out_dir: Path) -> list[Path]:
+    """Every WRITERS output into `out_dir` (created); the paths written, in order."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [path for writer in WRITERS for path in writer(result, out_dir)]
+
+
+def load_result(path: Path) -> RunResult:
+    """Read a result.json (this schema or an older readable one); a one-line error otherwise."""
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise LoadTestError(f"cannot read a loadtest result from {str(path)!r}: {exc}") from exc
-    if (
-        not isinstance(doc, dict)
-        or doc.get("schema") != SCHEMA
-        or not isinstance(doc.get("steps"), list)
-    ):
+    if not isinstance(doc, dict) or doc.get("schema") not in READABLE_SCHEMAS:
         raise LoadTestError(
-            f"not a loadtest result (schema {SCHEMA!r} expected). Received: {str(path)!r}"
+            f"not a loadtest result (schema {' or '.join(READABLE_SCHEMAS)} expected). "
+            f"Received: {str(path)!r}"
         )
-    return doc
+    try:
+        return RunResult.from_json(doc)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise LoadTestError(f"loadtest result {str(path)!r} is damaged ({exc!r})") from exc
 
 
 def _fmt(v: Any, digits: int = 1) -> str:
@@ -104,59 +122,73 @@ def _fmt(v: Any, digits: int = 1) -> str:
     return str(v)
 
 
-def step_label(step: dict[str, Any]) -> str:
-    if step["mode"] == "open":
-        return f"{step['offered_rate']:g}/s"
-    return f"c={step['concurrency']}"
-
-
-def print_summary(result: dict[str, Any], console: Console) -> None:
-    """The terminal report: one row per step, stage timings, warnings."""
-    table = Table(
-        title=f"latency (ms) - {result['target'].get('url') or result['target'].get('address')}"
-    )
+def steps_table(result: RunResult) -> Table:
+    """One row per step: load, achieved rate, ok/errors, percentiles, max, late sends."""
+    table = Table(title=f"latency (ms) - {escape(result.where)}")
     for col in [
         "load",
         "achieved/s",
         "ok",
         "err",
-        "p50",
-        "p90",
-        "p95",
-        "p99",
-        "p99.9",
+        *[f"p{p:g}" for p in PERCENTILES],
         "max",
         "late",
     ]:
         table.add_column(col, justify="right")
-    for step in result["steps"]:
-        lat = step["latency_ms"]
-        sched = step.get("schedule") or {}
+    for step in result.steps:
+        lat = step.latency_ms
         table.add_row(
-            step_label(step), _fmt(step["throughput_rps"]), str(step["ok"]), str(step["errors"]),
-            *[_fmt(lat[percentile_key(p)], 2) for p in PERCENTILES], _fmt(lat["max_ms"], 2),
-            f"{sched['late_fraction']:.1%}" if sched else "-",
+            step.label, _fmt(step.throughput_rps), str(step.ok), str(step.errors),
+            *[_fmt(lat.at(p), 2) for p in PERCENTILES], _fmt(lat.max_ms, 2),
+            f"{step.schedule.late_fraction:.1%}" if step.schedule else "-",
         )  # fmt: skip
-    console.print(table)
-    last = result["steps"][-1] if result["steps"] else None
-    if last and last["stages_ms"]:
-        stages = Table(title=f"Server-Timing stages (ms), step {step_label(last)}")
-        for col in ["stage", "p50", "p90", "p99", "max"]:
-            stages.add_column(col, justify="right")
-        for name, s in last["stages_ms"].items():
-            stages.add_row(name, *[_fmt(s[k], 2) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")])
-        console.print(stages)
-    for step in result["steps"]:
-        bad = {**step["status_counts"], **step["transport_errors"]}
-        bad = {k: v for k, v in bad.items() if not (k.startswith("2") or k == "OK")}
-        if bad:
-            console.print(f"[yellow]{step_label(step)} errors: {bad}[/yellow]")
-        for w in step["warnings"]:
-            console.print(f"[bold yellow]WARNING[/bold yellow] {step_label(step)}: {w}")
-    for w in result["warnings"]:
-        console.print(f"[bold yellow]WARNING[/bold yellow] {w}")
-    if result.get("max_rate"):
-        m = result["max_rate"]
-        console.print(
-            f"max rate keeping p99 <= {m['p99_target_ms']:g} ms: [bold]{m['rate']:g}/s[/bold]"
-        )
+    return table
+
+
+def stages_table(step: StepResult) -> Table:
+    """The gateway's Server-Timing stages of one step (decode, queue, backend, total)."""
+    title = f"Server-Timing stages (ms), step {step.label}"
+    table = Table(title=title, min_width=len(title) + 2)
+    for col in ["stage", "p50", "p90", "p99", "max"]:
+        table.add_column(col, justify="right")
+    for name, s in step.stages_ms.items():
+        table.add_row(escape(name), *[_fmt(v, 2) for v in (s.at(50), s.at(90), s.at(99), s.max_ms)])
+    return table
+
+
+def error_lines(result: RunResult) -> list[str]:
+    """Why requests failed: each distinct server error text once, with its count over all
+    steps, most frequent first."""
+    texts: dict[str, int] = {}
+    for step in result.steps:
+        for text, n in step.error_details.items():
+            texts[text] = texts.get(text, 0) + n
+    ranked = sorted(texts.items(), key=lambda kv: -kv[1])
+    lines = [f"{n:>8} x {text}" for text, n in ranked[:MAX_ERROR_LINES]]
+    if len(ranked) > MAX_ERROR_LINES:
+        lines.append(f"         ... {len(ranked) - MAX_ERROR_LINES} more in result.json")
+    return lines
+
+
+def print_summary(result: RunResult, console: Console) -> None:
+    """The terminal report: steps, the reported step's stages, errors and why, warnings."""
+    console.print(steps_table(result))
+    shown = result.reported_step()
+    if shown is not None and shown.stages_ms:
+        console.print(stages_table(shown))
+    for step in result.steps:
+        if failures := step.failures():
+            console.print(f"[yellow]{step.label} errors: {escape(str(failures))}[/yellow]")
+    if lines := error_lines(result):
+        console.print("[yellow]what the server said about failed requests:[/yellow]")
+        for line in lines:
+            console.print(escape(line), highlight=False)
+    for step in result.steps:
+        for w in step.warnings:
+            console.print(f"[bold yellow]WARNING[/bold yellow] {step.label}: {escape(w)}")
+    for w in result.warnings:
+        console.print(f"[bold yellow]WARNING[/bold yellow] {escape(w)}")
+    if result.max_rate is not None:
+        m = result.max_rate
+        found = "none passed" if m.rate is None else f"[bold]{m.rate:g}/s[/bold]"
+        console.print(f"max rate keeping p99 <= {m.p99_target_ms:g} ms: {found}")

@@ -1,30 +1,33 @@
 """What a request is sent to: the gateway's HTTP API, or TF Serving's gRPC Predict directly.
 
 Both expose `check()` (reachability, raising LoadTestError), `start(due, deadline, done)`
-which sends one request and calls `done(due, sent, done, status, ok, error, server_timing)`
-when it ends, `expire(now)` (fail what is past its deadline), and `close()`. Payloads are
-prepared up front and cycled. A *recipe* (`HttpRecipe`, `GrpcRecipe`) is the picklable
-description a `--workers` process builds its own target from.
+which sends one request and calls `done(due, sent, done, status, ok, error, server_timing,
+detail)` when it ends, `expire(now)` (fail what is past its deadline), and `close()`.
+Payloads are prepared up front (see recipes) and cycled. `served_input` asks TF Serving
+which input its `serving_default` signature takes, before any payload is built.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from dataclasses import dataclass
 from time import perf_counter as now  # uvloop's loop.time() ticks in whole ms
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import grpc
 import numpy as np
 
 from contract import wire
+from contract.signatures import INPUT_PIXELS, SIGNATURE_PIXELS, TensorSig, format_shape
 from contract.tfs_grpc import prediction_service
+from contract.tfs_protos import GetModelMetadataRequest, ModelSpec, SignatureDefMap
 from loadtest.errors import LoadTestError
 from loadtest.httpclient import DoneFn, HttpPool, error_kind
+from loadtest.plan import parse_url
 
-DEFAULT_PATH = "/v1/classify"
+GRPC_MESSAGE_LIMIT = 256 << 20
+GRPC_OPTIONS = [("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
+                ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT)]  # fmt: skip
 
 
 class Target(Protocol):
@@ -36,23 +39,6 @@ class Target(Protocol):
     def expire(self, t: float) -> None: ...
     async def close(self) -> None: ...
     def describe(self) -> dict[str, Any]: ...
-
-
-def parse_url(url: str) -> tuple[str, int, str]:
-    """`http://host:port/path?query` -> (host, port, path+query); the path defaults to /v1/classify."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise LoadTestError(
-            f"URL must look like http://HOST[:PORT][/PATH] (https is not supported). Received: {url!r}"
-        )
-    try:
-        port = parts.port or 80
-    except ValueError as exc:
-        raise LoadTestError(f"URL has a bad port. Received: {url!r}") from exc
-    path = parts.path if parts.path not in ("", "/") else DEFAULT_PATH
-    if parts.query:
-        path += "?" + parts.query
-    return parts.hostname, port, path
 
 
 class HttpTarget:
@@ -116,17 +102,8 @@ class GrpcTarget:
         signature: str,
         input_name: str,
     ):
-        host, sep, port = address.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise LoadTestError(f"--grpc must be HOST:PORT. Received: {address!r}")
         self.address, self.model, self.signature = address, model, signature
-        self.channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", 256 << 20),
-                ("grpc.max_receive_message_length", 256 << 20),
-            ],
-        )
+        self.channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
         self.stub = prediction_service(self.channel)
         self.messages = [
             wire.predict_request(
@@ -156,24 +133,19 @@ class GrpcTarget:
             self._calls.discard(call)
             t = now()
             if call.cancelled():
-                done(due, sent, t, None, False, "cancelled", None)
+                done(due, sent, t, None, False, "cancelled", None, None)
                 return
             exc = call.exception()
             if exc is None:
-                done(due, sent, t, "OK", True, None, None)
+                done(due, sent, t, "OK", True, None, None, None)
             elif isinstance(exc, grpc.aio.AioRpcError):
                 code = exc.code().name
-                done(
-                    due,
-                    sent,
-                    t,
-                    code,
-                    False,
-                    "timeout" if code == "DEADLINE_EXCEEDED" else None,
-                    None,
-                )
+                if code == "DEADLINE_EXCEEDED":  # ours: a timeout, like HTTP's
+                    done(due, sent, t, code, False, "timeout", None, None)
+                else:  # the server's reason, e.g. INVALID_ARGUMENT with the shape it wanted
+                    done(due, sent, t, code, False, None, None, exc.details() or "")
             else:
-                done(due, sent, t, None, False, error_kind(exc), None)
+                done(due, sent, t, None, False, error_kind(exc), None, None)
 
         call.add_done_callback(finished)
 
@@ -195,35 +167,62 @@ class GrpcTarget:
                 "input_shape": [d.size for d in shape.dim]}  # fmt: skip
 
 
-@dataclass(frozen=True)
-class HttpRecipe:
-    """What a worker process needs to build its own HttpTarget (pre-encoded requests)."""
+async def served_input(address: str, model: str, *, timeout_s: float) -> TensorSig:
+    """(dtype, shape) of the `images` input of `model`'s `serving_default` signature, from
+    TF Serving's GetModelMetadata; LoadTestError (with the server's text) when it cannot say."""
+    where = f"TF Serving at {address}"
+    request = GetModelMetadataRequest(model_spec=ModelSpec(name=model),
+                                      metadata_field=["signature_def"])  # fmt: skip
+    async with grpc.aio.insecure_channel(address, options=GRPC_OPTIONS) as channel:
+        try:
+            reply = await prediction_service(channel).GetModelMetadata(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise LoadTestError(
+                    f"cannot reach {where} within {timeout_s:g} s ({code.name}: {exc.details()}). "
+                    f"Received: --grpc {address}"
+                ) from None
+            raise LoadTestError(
+                f"{where} cannot describe model {model!r} ({code.name}: {exc.details()}). "
+                f"Received: --model {model}"
+            ) from None
+    sig_map = SignatureDefMap()
+    if "signature_def" not in reply.metadata or not reply.metadata["signature_def"].Unpack(sig_map):
+        raise LoadTestError(f"{where} sent no signature_def metadata for model {model!r}")
+    sig = sig_map.signature_def.get(SIGNATURE_PIXELS)
+    if sig is None or INPUT_PIXELS not in sig.inputs:
+        raise LoadTestError(
+            f"{where}: model {model!r} has no {SIGNATURE_PIXELS!r} signature with input "
+            f"{INPUT_PIXELS!r}, so it was not exported by model_builder. "
+            f"Received: signatures={sorted(sig_map.signature_def)}"
+        )
+    return wire.tensor_sig(sig.inputs[INPUT_PIXELS])
 
-    url: str
-    requests: list[bytes]
-    max_connections: int
-    connect_timeout: float
 
-    def build(self, share: int = 1) -> HttpTarget:
-        """The target, with `1/share` of the connection cap (one of `share` workers)."""
-        cap = max(1, -(-self.max_connections // share))
-        return HttpTarget(self.url, self.requests, max_connections=cap,
-                          connect_timeout=self.connect_timeout)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class GrpcRecipe:
-    """What a worker process needs to build its own GrpcTarget (uint8 NHWC batches)."""
-
-    address: str
-    model: str
-    batches: list[np.ndarray]
-    signature: str
-    input_name: str
-
-    def build(self, share: int = 1) -> GrpcTarget:
-        return GrpcTarget(self.address, self.model, self.batches, signature=self.signature,
-                          input_name=self.input_name)  # fmt: skip
-
-
-Recipe = HttpRecipe | GrpcRecipe
+def input_size(
+    served: TensorSig, override: tuple[int, int] | None, *, where: str
+) -> tuple[int, int]:
+    """(width, height) to send for a served `images` input: uint8 [?, H, W, 3]. `override`
+    (--grpc-size) fills dimensions the signature leaves open and must match fixed ones."""
+    dtype, shape = served
+    if dtype != "uint8" or len(shape) != 4 or shape[3] not in (3, None):
+        raise LoadTestError(
+            f"{where}: the load tester sends uint8 [batch, H, W, 3] images. "
+            f"Received: images {dtype}{format_shape(shape)}"
+        )
+    height, width = shape[1], shape[2]
+    if override is not None:
+        w, h = override
+        if (height, width) != (None, None) and (height, width) != (h, w):
+            raise LoadTestError(
+                f"--grpc-size must match the served input {format_shape(shape)} (or be left out: "
+                f"the size is read from the server). Received: --grpc-size {w}x{h}"
+            )
+        return w, h
+    if height is None or width is None:
+        raise LoadTestError(
+            f"{where}: the served input {format_shape(shape)} leaves the image size open; "
+            "give it with --grpc-size WxH"
+        )
+    return width, height

@@ -14,14 +14,18 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import time
+from collections.abc import AsyncIterator
 from multiprocessing.connection import Connection
 from time import perf_counter as now
 from typing import Any
 
-from loadtest.engine import Live, StepSpec, measure, summarise
+from loadtest.engine import Live, measure, summarise
 from loadtest.errors import LoadTestError
 from loadtest.eventloop import run_loop
-from loadtest.targets import Recipe, Target
+from loadtest.plan import StepSpec
+from loadtest.recipes import Recipe
+from loadtest.results import StepResult
+from loadtest.targets import Target
 
 START_LEAD_S = 0.1  # t0 is this far ahead when the step is sent: every worker is ready by then
 READY_TIMEOUT_S = 60.0  # spawning imports numpy, hdrh, uvloop (and grpc) per worker
@@ -49,7 +53,7 @@ class LocalRunner:
     def describe(self) -> dict[str, Any]:
         return self.target.describe()
 
-    async def step(self, spec: StepSpec) -> dict[str, Any]:
+    async def step(self, spec: StepSpec) -> StepResult:
         self.live = Live()
         started_at = time.time()
         part = await measure(self.target, spec, now() + 0.005, live=self.live)
@@ -138,7 +142,7 @@ class WorkerPool:
     def describe(self) -> dict[str, Any]:
         return self._describe
 
-    async def step(self, spec: StepSpec) -> dict[str, Any]:
+    async def step(self, spec: StepSpec) -> StepResult:
         self.counters[:] = [0] * len(self.counters)
         started_at = time.time()
         t0 = now() + START_LEAD_S
@@ -170,3 +174,25 @@ class WorkerPool:
                 await asyncio.to_thread(proc.join, 2.0)
         for conn in self.conns:
             conn.close()
+
+
+Runner = LocalRunner | WorkerPool
+
+
+def make_runner(recipe: Recipe, workers: int, *, open_loop: bool = False) -> Runner:
+    """This process (on the loop `eventloop.run_loop` picked) or `workers` processes, each on
+    the event loop that suits the load shape (precise timers for open loop)."""
+    if workers <= 1:
+        return LocalRunner(recipe)
+    return WorkerPool(recipe, workers, precise_timers=open_loop)
+
+
+@contextlib.asynccontextmanager
+async def started(recipe: Recipe, workers: int, *, open_loop: bool) -> AsyncIterator[Runner]:
+    """A runner whose target(s) answered `check()`; closed (workers stopped) on the way out."""
+    runner = make_runner(recipe, workers, open_loop=open_loop)
+    try:
+        await runner.start()
+        yield runner
+    finally:
+        await runner.close()

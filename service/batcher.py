@@ -134,16 +134,14 @@ class MicroBatcher:
         """Queue `images` (uint8 [H,W,3] each) and wait for their results, in order.
 
         `deadline` is on the event loop's clock (`loop.time()`). Raises QueueFull at once when
-        the queue cannot take all of them, DeadlineExceeded when the deadline passes first.
+        the queue cannot take all of them, DeadlineExceeded when the deadline passes first,
+        ImageShapeError (`Manifest.check_images`) for an image that is not the model's input.
         """
         loop = asyncio.get_running_loop()
         if self._closing or self._task is None:
             raise ShuttingDown("the gateway is shutting down", retry_after_s=self._retry_after_s)
         for img in images:
-            if img.shape != self._shape or img.dtype != np.uint8:
-                raise ValueError(
-                    f"images must be uint8 {self._shape}. Received: {img.dtype} {img.shape}"
-                )
+            self._manifest.check_images(img[np.newaxis])  # ImageShapeError: the caller's bug
         self.check_admission(len(images), deadline=deadline)
         now = time.perf_counter()
         items = [_Item(img, loop.create_future(), deadline, now) for img in images]

@@ -96,9 +96,3 @@ class CircuitBreaker:
     def record_neutral(self) -> None:
         """A call that ended without telling us anything about the server (e.g. cancelled)."""
         self._probe_in_flight = False
-
-
-def breaker_of(backend: object) -> CircuitBreaker | None:
-    """The backend's breaker, if it has one (tfserving does; embedded has no remote to lose)."""
-    breaker = getattr(backend, "breaker", None)
-    return breaker if isinstance(breaker, CircuitBreaker) else None

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from pydantic import ValidationError
+
+from contract.errors import ResnetServingError
+
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this package's subcommands to the top-level parser."""
@@ -33,9 +37,8 @@ def _add_serve(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from contract.errors import ResnetServingError
+    # The [gateway] extra (FastAPI, uvicorn, pydantic-settings) only when `serve` runs: every
+    # other command and `--help` work in an install without it.
     from service.server import run_server
     from service.settings import Settings
 

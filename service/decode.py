@@ -8,7 +8,8 @@ Pipeline (each step refuses with a one-line `GatewayError` subclass, nothing els
           --alpha composited on background_rgb--> EXIF orientation --> np.ndarray
 
 Pure functions of their arguments, no shared state: safe to run in a thread pool, and Pillow
-releases the GIL while it decodes and resizes.
+releases the GIL while it decodes and resizes. Pillow's own process-wide settings are set by
+`configure_pillow`, called where the gateway starts (its lifespan), never at import.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import io
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin
@@ -32,15 +32,7 @@ from service.errors import (
     UnsupportedFormat,
     ZeroSizedImage,
 )
-
-if TYPE_CHECKING:
-    from service.settings import Settings
-
-# Our own limit (DecodeLimits.max_image_pixels) is checked on the header before any decode;
-# Pillow's process-wide guard would otherwise fire first, or only warn, at its own numbers.
-Image.MAX_IMAGE_PIXELS = None
-# A truncated upload is refused, never silently padded with grey.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+from service.settings import Settings
 
 # Draft (DCT scaling) keeps at least this many times the pixels the final resize needs, so the
 # real filter still does the last step and the result stays close to a full decode.
@@ -64,6 +56,21 @@ _TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 _EXIF_ORIENTATION = 0x0112
+
+
+def configure_pillow() -> None:
+    """Set Pillow's process-wide switches the way `decode_image` relies on. Idempotent.
+
+    Called once where the gateway starts (`service.app`'s lifespan), and by tests, fuzzers and
+    benchmarks that decode without a gateway; importing this module changes nothing.
+    """
+    # Our own limit (DecodeLimits.max_image_pixels) is checked on the header before any decode;
+    # Pillow's guard would otherwise fire first, or only warn, at its own numbers.
+    Image.MAX_IMAGE_PIXELS = None
+    # A truncated upload is refused, never silently padded with grey.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    # Register every format plugin now rather than on the first request.
+    Image.init()
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,15 @@ checked, warmed up, batcher running), so a load balancer may send traffic.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from service.breaker import State, breaker_of
+from service.breaker import State
 from service.errors import NotReady
 from service.metrics import CONTENT_TYPE
 from service.openapi_docs import error_responses
+from service.schemas import LiveResponse, ModelRef, ReadyResponse, json_response
 from service.state import StateDep
 
 router = APIRouter(tags=["health"])
@@ -24,22 +24,27 @@ router = APIRouter(tags=["health"])
 _READY_PROBE_TIMEOUT_S = 2.0  # a probe that hangs is an answer too: not ready
 
 
-@router.get("/livez", summary="The process is alive (200 while the event loop runs)")
-async def livez() -> dict[str, str]:
-    return {"status": "alive"}
+@router.get(
+    "/livez",
+    response_model=LiveResponse,
+    summary="The process is alive (200 while the event loop runs)",
+)
+async def livez() -> Response:
+    return json_response(LiveResponse())
 
 
 @router.get(
     "/readyz",
+    response_model=ReadyResponse,
     responses=error_responses(503),
     summary="200 when the model is loaded, checked and warm; else 503",
 )
-async def readyz(state: StateDep) -> dict[str, Any]:
-    batcher, manifest = state.serving()  # 503 while starting or shutting down
+async def readyz(state: StateDep) -> Response:
+    batcher, manifest, _ = state.serving()  # 503 while starting or shutting down
     retry = state.settings.retry_after_s
     if not batcher.running:
         raise NotReady("the micro-batcher is not running", retry_after_s=retry)
-    breaker = breaker_of(state.backend)
+    breaker = state.backend.breaker
     if breaker is not None and breaker.state is State.OPEN:
         raise NotReady("the circuit to the model server is open", retry_after_s=retry)
     try:
@@ -48,11 +53,8 @@ async def readyz(state: StateDep) -> dict[str, Any]:
         ok = False
     if not ok:
         raise NotReady(f"the {state.backend.name} backend is not ready", retry_after_s=retry)
-    return {
-        "status": "ready",
-        "model": {"name": manifest.model_name, "version": manifest.model_version},
-        "backend": state.backend.name,
-    }
+    model = ModelRef(name=manifest.model_name, version=manifest.model_version)
+    return json_response(ReadyResponse(model=model, backend=state.backend.name))
 
 
 @router.get(

@@ -15,14 +15,11 @@ from functools import partial
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from contract.manifest import Manifest
-from service.breaker import breaker_of
 from service.decode import DecodeLimits, decode_image
 from service.errors import (
     BadBase64,
@@ -41,6 +38,16 @@ from service.openapi_docs import (
     CLASSIFY_REQUEST_BODY,
     error_responses,
 )
+from service.schemas import (
+    ClassifyResponse,
+    ModelInfo,
+    ModelRef,
+    ModelsResponse,
+    Prediction,
+    Score,
+    Timing,
+    json_response,
+)
 from service.settings import Settings
 from service.state import StateDep
 
@@ -54,34 +61,6 @@ TopK = Annotated[
     int | None,
     Query(ge=1, description="How many classes per image (1..number of labels)."),
 ]
-
-
-class Score(BaseModel):
-    label: str
-    class_id: int
-    score: float
-
-
-class Prediction(BaseModel):
-    top_k: list[Score]
-
-
-class ModelRef(BaseModel):
-    name: str
-    version: int
-
-
-class Timing(BaseModel):
-    decode: float
-    queue: float
-    backend: float
-    total: float
-
-
-class ClassifyResponse(BaseModel):
-    model: ModelRef
-    predictions: list[Prediction]
-    timing_ms: Timing
 
 
 _OK_DOC: dict[int | str, dict[str, Any]] = {
@@ -98,7 +77,7 @@ CLASSIFY_NAMED_DOC = {**_OK_DOC, **error_responses(*sorted({*CLASSIFY_ERRORS, 40
     openapi_extra=CLASSIFY_REQUEST_BODY,
     summary="Classify one or more images with the served model",
 )
-async def classify(request: Request, state: StateDep, top_k: TopK = None) -> JSONResponse:
+async def classify(request: Request, state: StateDep, top_k: TopK = None) -> Response:
     return await _classify(request, state, top_k)
 
 
@@ -111,7 +90,7 @@ async def classify(request: Request, state: StateDep, top_k: TopK = None) -> JSO
 )
 async def classify_named(
     name: str, request: Request, state: StateDep, top_k: TopK = None
-) -> JSONResponse:
+) -> Response:
     if name != state.settings.model_name:
         raise ModelNotFound(
             f"this gateway serves model {state.settings.model_name!r}. Received: name={name!r}"
@@ -121,39 +100,37 @@ async def classify_named(
 
 @router.get(
     "/models",
+    response_model=ModelsResponse,
     responses=error_responses(*API_ERRORS),
     summary="The served model, its input contract and batching",
 )
-async def list_models(state: StateDep) -> dict[str, Any]:
-    _, m = state.serving()
-    return {
-        "models": [
-            {
-                "name": m.model_name,
-                "version": m.model_version,
-                "architecture": m.architecture,
-                "backend": state.backend.name,
-                "input": m.input.model_dump(),
-                "preprocessing": m.preprocessing.model_dump(),
-                "num_labels": m.num_classes,
-                "default_top_k": min(state.settings.default_top_k, m.num_classes),
-                "batch_buckets": list(m.batch_buckets),
-                "precision": m.precision,
-                "xla_compiled": m.xla_compiled,
-            }
-        ]
-    }
+async def list_models(state: StateDep) -> Response:
+    m = state.serving().manifest
+    info = ModelInfo(
+        name=m.model_name,
+        version=m.model_version,
+        architecture=m.architecture,
+        backend=state.backend.name,
+        input=m.input,
+        preprocessing=m.preprocessing,
+        num_labels=m.num_classes,
+        default_top_k=min(state.settings.default_top_k, m.num_classes),
+        batch_buckets=list(m.batch_buckets),
+        precision=m.precision,
+        xla_compiled=m.xla_compiled,
+    )
+    return json_response(ModelsResponse(models=[info]))
 
 
-async def _classify(request: Request, state: StateDep, top_k: int | None) -> JSONResponse:
+async def _classify(request: Request, state: StateDep, top_k: int | None) -> Response:
     loop = asyncio.get_running_loop()
     # Deadlines run on the loop's clock (asyncio.timeout_at); durations on perf_counter, since
     # uvloop's loop.time() ticks in whole milliseconds.
     started_pc = time.perf_counter()
     deadline = loop.time() + state.settings.request_timeout_s
-    batcher, manifest = state.serving()
+    batcher, manifest, decode_pool = state.serving()
     k = _resolve_top_k(top_k, state.settings, manifest)
-    breaker = breaker_of(state.backend)
+    breaker = state.backend.breaker
     if breaker is not None:  # model server known down: 503 now, not after a wait in the queue
         breaker.fail_fast()
     # Overloaded: shed now, before spending CPU on reading and decoding (submit checks again).
@@ -167,7 +144,7 @@ async def _classify(request: Request, state: StateDep, top_k: int | None) -> JSO
             pixels = await asyncio.gather(
                 *(
                     loop.run_in_executor(
-                        state.decode_pool, partial(_decode_timed, b, manifest, limits, i)
+                        decode_pool, partial(_decode_timed, b, manifest, limits, i)
                     )
                     for i, b in enumerate(blobs)
                 )
@@ -185,21 +162,20 @@ async def _classify(request: Request, state: StateDep, top_k: int | None) -> JSO
         state.metrics.queue_seconds.observe(r.queue_s)
     state.metrics.images.inc(len(results))
 
-    predictions = [{"top_k": _top_k(r.probabilities, k, manifest)} for r in results]
     total_s = time.perf_counter() - started_pc
-    timing = {
-        "decode": round(decode_s * 1000, 3),
-        "queue": round(queue_s * 1000, 3),
-        "backend": round(backend_s * 1000, 3),
-        "total": round(total_s * 1000, 3),
-    }
-    body = {
-        "model": {"name": manifest.model_name, "version": manifest.model_version},
-        "predictions": predictions,
-        "timing_ms": timing,
-    }
-    server_timing = ", ".join(f"{name};dur={ms}" for name, ms in timing.items())
-    return JSONResponse(body, headers={"Server-Timing": server_timing})
+    timing = Timing(
+        decode=round(decode_s * 1000, 3),
+        queue=round(queue_s * 1000, 3),
+        backend=round(backend_s * 1000, 3),
+        total=round(total_s * 1000, 3),
+    )
+    body = ClassifyResponse(
+        model=ModelRef(name=manifest.model_name, version=manifest.model_version),
+        predictions=[Prediction(top_k=_top_k(r.probabilities, k, manifest)) for r in results],
+        timing_ms=timing,
+    )
+    server_timing = ", ".join(f"{name};dur={ms}" for name, ms in timing)
+    return json_response(body, headers={"Server-Timing": server_timing})
 
 
 def _resolve_top_k(top_k: int | None, settings: Settings, manifest: Manifest) -> int:
@@ -213,12 +189,10 @@ def _resolve_top_k(top_k: int | None, settings: Settings, manifest: Manifest) ->
     return top_k
 
 
-def _top_k(probs: np.ndarray, k: int, manifest: Manifest) -> list[dict[str, Any]]:
+def _top_k(probs: np.ndarray, k: int, manifest: Manifest) -> list[Score]:
     # Stable sort on the negated scores: ties keep class order, same as tf.math.top_k.
     ids = np.argsort(-probs, kind="stable")[:k]
-    return [
-        {"label": manifest.labels[i], "class_id": int(i), "score": float(probs[i])} for i in ids
-    ]
+    return [Score(label=manifest.labels[i], class_id=int(i), score=float(probs[i])) for i in ids]
 
 
 def _decode_timed(

@@ -13,15 +13,16 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import time
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import uvicorn
 
 from contract.errors import ResnetServingError
+from service.app import create_app
 from service.settings import Settings
-
-if TYPE_CHECKING:
-    import uvicorn
-    from fastapi import FastAPI
+from service.state import GatewayState, state_of
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +31,17 @@ class GatewayStartupError(ResnetServingError):
     """The model could not be loaded: the gateway exits instead of staying half alive."""
 
 
-def _graceful_server(config: uvicorn.Config, app: FastAPI) -> uvicorn.Server:
-    import uvicorn
+class GracefulServer(uvicorn.Server):
+    """uvicorn.Server that turns the gateway not-ready as soon as an exit signal arrives."""
 
-    class GracefulServer(uvicorn.Server):
-        """uvicorn.Server that turns the gateway not-ready as soon as an exit signal arrives."""
+    def __init__(self, config: uvicorn.Config, state: GatewayState) -> None:
+        super().__init__(config)
+        self.gateway = state
 
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            state = app.state.gateway
-            if not state.shutting_down:
-                state.shutting_down = True
-                loop = getattr(app.state, "loop", None)
-                if loop is not None:
-                    app.state.drain_deadline = loop.time() + state.settings.drain_timeout_s
-                log.info("signal %d: not ready; draining requests in flight", sig)
-            super().handle_exit(sig, frame)
-
-    return GracefulServer(config)
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.gateway.begin_drain(time.monotonic()):
+            log.info("signal %d: not ready; draining requests in flight", sig)
+        super().handle_exit(sig, frame)
 
 
 def run_server(settings: Settings) -> None:
@@ -55,10 +50,6 @@ def run_server(settings: Settings) -> None:
     Raises GatewayStartupError when the embedded model fails to load (the CLI prints it as
     one `error:` line and exits non-zero).
     """
-    import uvicorn
-
-    from service.app import create_app
-
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -81,9 +72,9 @@ def run_server(settings: Settings) -> None:
         # uvicorn waits this long for requests in flight; the lifespan drain gets what is left.
         timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout_s)),
         access_log=False,  # ours (service.access) carries the request id and key id
-        # Our own limits apply (limits.py); keep uvicorn's header limits at their defaults.
+        # Our own limits apply (service.middleware); keep uvicorn's header limits at their defaults.
     )
-    server = _graceful_server(config, app)
+    server = GracefulServer(config, state_of(app))
     # uvicorn re-raises the signal it caught once it has shut down; a drained SIGTERM is a
     # clean exit, so let that re-raised SIGTERM end here instead of killing the process.
     previous = signal.signal(signal.SIGTERM, _ignore)

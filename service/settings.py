@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     cors_allow_origins: tuple[str, ...] = ()  # empty: CORS off
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # The browser demo page at `/` (service/page.py); off: `/` is a 404 like any unknown path.
+    demo_page: bool = True
+
     @field_validator("tfserving_address")
     @classmethod
     def _address(cls, v: str) -> str:

@@ -1,7 +1,8 @@
 """A tiny gateway look-alike over raw asyncio: for tests, calibration and benchmarks.
 
 It answers every request with a small JSON body, `Server-Timing` and `X-Request-ID`, like
-`POST /v1/classify` does, and `GET /readyz` with 200. It can be told to add a fixed delay
+`POST /v1/classify` does, `GET /readyz` with 200, and `GET /v1/models` with one model and
+its batch buckets (what `loadtest sweep` reads). It can be told to add a fixed delay
 or to stall once (`stall_at_s`, `stall_s`): every request that arrives during the stall,
 and the ones already waiting, are answered when it ends. Run it as
 `python -m testdoubles.echo_server --port 8080` to measure the generator's own ceiling;
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -22,6 +24,8 @@ import socket
 import sys
 from dataclasses import dataclass
 from typing import cast
+
+from contract.manifest import DEFAULT_BUCKETS
 
 
 @dataclass
@@ -32,10 +36,20 @@ class Behaviour:
     stall_at_s: float | None = None  # seconds after the first request
     stall_s: float = 0.0
     status: int = 200
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS  # reported by GET /v1/models
 
 
 _BODY = b'{"predictions":[{"top_k":[{"label":"cat","score":0.9}]}]}'
 _ids = itertools.count()
+
+
+def _models(buckets: tuple[int, ...]) -> bytes:
+    """`GET /v1/models` as the gateway answers it, reduced to what clients read."""
+    body = json.dumps({"models": [{"name": "echo", "version": 1, "batch_buckets": list(buckets)}]})
+    return (
+        f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        f"{body}"
+    ).encode()
 
 
 def _response(status: int) -> bytes:
@@ -93,8 +107,12 @@ class _Handler(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         self.server.handled += 1
-        status = 200 if head.startswith(b"get /readyz") else self.server.behaviour.status
-        self.transport.write(_response(status))
+        behaviour = self.server.behaviour
+        if head.startswith(b"get /v1/models"):
+            self.transport.write(_models(behaviour.buckets))
+        else:
+            status = 200 if head.startswith(b"get /readyz") else behaviour.status
+            self.transport.write(_response(status))
         self._next()
 
 
@@ -140,9 +158,10 @@ class EchoServer:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
 
 
-def _serve(port: int, delay_ms: float, use_uvloop: bool, reuse_port: bool, announce: bool) -> None:
+def _serve(port: int, delay_ms: float, use_uvloop: bool, reuse_port: bool, announce: bool,
+           buckets: tuple[int, ...] = DEFAULT_BUCKETS) -> None:  # fmt: skip
     async def serve() -> None:
-        server = EchoServer(Behaviour(delay_s=delay_ms / 1000.0))
+        server = EchoServer(Behaviour(delay_s=delay_ms / 1000.0, buckets=buckets))
         bound = await server.start(port, reuse_port=reuse_port)
         if announce:
             print(f"listening on http://127.0.0.1:{bound}", flush=True)
@@ -168,12 +187,15 @@ def main() -> None:
     ap.add_argument("--from-env", action="store_true",
                     help="port from RESNET_SERVING_PORT, delay from RESNET_SERVING_MAX_WAIT_MS "
                     "(stands in for the gateway in sweep tests)")  # fmt: skip
+    ap.add_argument("--buckets", default=",".join(map(str, DEFAULT_BUCKETS)),
+                    help="batch buckets reported by GET /v1/models")  # fmt: skip
     args = ap.parse_args()
+    buckets = tuple(int(b) for b in args.buckets.split(","))
     if args.from_env:
         args.port = int(os.environ.get("RESNET_SERVING_PORT", args.port))
         args.delay_ms = float(os.environ.get("RESNET_SERVING_MAX_WAIT_MS", args.delay_ms))
     if args.processes <= 1:
-        _serve(args.port, args.delay_ms, args.uvloop, False, True)
+        _serve(args.port, args.delay_ms, args.uvloop, False, True, buckets)
         return
 
     if args.port == 0:  # every process must bind the same port: pick it here
@@ -184,9 +206,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     ctx = mp.get_context("spawn")
     for _ in range(args.processes - 1):
-        ctx.Process(target=_serve, args=(args.port, args.delay_ms, args.uvloop, True, False),
+        ctx.Process(target=_serve, args=(args.port, args.delay_ms, args.uvloop, True, False, buckets),
                     daemon=True).start()  # fmt: skip
-    _serve(args.port, args.delay_ms, args.uvloop, True, True)
+    _serve(args.port, args.delay_ms, args.uvloop, True, True, buckets)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -53,3 +54,12 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
         top_k=2,
     )
     return ExportedModel(base, model)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium per test module (tests/browser.py; skipped without chromium)."""
+    from tests.browser import chromium
+
+    with chromium() as driver:
+        yield driver

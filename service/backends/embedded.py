@@ -13,7 +13,7 @@ import asyncio
 import concurrent.futures
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -21,10 +21,9 @@ import tensorflow as tf
 from contract.manifest import Manifest
 from contract.signatures import INPUT_PIXELS, OUTPUT_PROBABILITIES, SIGNATURE_PIXELS, TensorSig
 from service.backends.startup import check_served_signature, load_manifest, version_dir
+from service.breaker import CircuitBreaker
 from service.errors import BackendError, BackendStartupError, DeadlineExceeded, NotReady
-
-if TYPE_CHECKING:
-    from service.settings import Settings
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,7 @@ class EmbeddedBackend:
     """Serves `<model_base>/<model_name>/<version>` with `tf.saved_model.load` in-process."""
 
     name = "embedded"
+    breaker: CircuitBreaker | None = None  # in-process: no remote server to lose
 
     def __init__(self, model_base: Path, model_name: str, model_version: int | None = None) -> None:
         self._model_base = Path(model_base)
@@ -123,13 +123,7 @@ class EmbeddedBackend:
         """uint8 [N,H,W,3] -> float32 [N,C]; DeadlineExceeded after `timeout_s` (late result dropped)."""
         if not self._ready or self._executor is None:
             raise NotReady("the embedded backend is not ready")
-        m = self.manifest
-        want = (m.input.height, m.input.width, 3)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != want:
-            raise BackendError(
-                f"images must be uint8 [N,{want[0]},{want[1]},3]. "
-                f"Received: {images.dtype}{list(images.shape)}"
-            )
+        self.manifest.check_images(images)
         if timeout_s <= 0:
             raise DeadlineExceeded("no time left for the model call")
         future = self._executor.submit(self._run, images)

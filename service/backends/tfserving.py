@@ -306,12 +306,7 @@ class TFServingBackend:
         if self._manifest is None or self._channel is None:
             raise NotReady("the tfserving backend is not started")
         m = self._manifest
-        want = (m.input.height, m.input.width, 3)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != want:
-            raise BackendError(
-                f"images must be uint8 [N,{want[0]},{want[1]},3]. "
-                f"Received: {images.dtype}{list(images.shape)}"
-            )
+        m.check_images(images)
         request = wire.predict_request(
             self._model_name,
             signature=SIGNATURE_PIXELS,

@@ -3,9 +3,10 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from contract.errors import ManifestError
+from contract.errors import ImageShapeError, ManifestError
 from contract.manifest import InputSpec, Manifest, latest_version_dir, read_manifest, write_manifest
 
 
@@ -30,6 +31,32 @@ def test_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("n", "bucket"), [(1, 1), (2, 2), (3, 4), (5, 8), (33, 64), (64, 64)])
 def test_bucket_for(n: int, bucket: int) -> None:
     assert make_manifest().bucket_for(n) == bucket
+
+
+@pytest.mark.parametrize("n", [1, 3, 64])
+def test_check_images_takes_the_models_input(n: int) -> None:
+    make_manifest().check_images(np.zeros((n, 32, 32, 3), np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("images", "received"),
+    [
+        (np.zeros((2, 32, 32, 3), np.float32), "float32[2, 32, 32, 3]"),  # dtype
+        (np.zeros((2, 32, 31, 3), np.uint8), "uint8[2, 32, 31, 3]"),  # width
+        (np.zeros((2, 31, 32, 3), np.uint8), "uint8[2, 31, 32, 3]"),  # height
+        (np.zeros((2, 32, 32, 1), np.uint8), "uint8[2, 32, 32, 1]"),  # channels
+        (np.zeros((32, 32, 3), np.uint8), "uint8[32, 32, 3]"),  # one image without N
+        (np.zeros((0, 32, 32, 3), np.uint8), "uint8[0, 32, 32, 3]"),  # empty batch
+    ],
+)
+def test_check_images_refuses_anything_else_with_one_message(
+    images: np.ndarray, received: str
+) -> None:
+    with pytest.raises(ImageShapeError) as info:
+        make_manifest().check_images(images)
+    assert str(info.value) == (
+        f"images for model demo v1 must be uint8 [N,32,32,3] with N >= 1. Received: {received}"
+    )
 
 
 @pytest.mark.parametrize(

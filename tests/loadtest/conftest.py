@@ -8,10 +8,12 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from loadtest.payloads import Image, build_http_requests
+from loadtest.results import Generator, Latency, StepResult
 from loadtest.targets import HttpTarget
 
 TINY = [Image("a.jpg", b"\xff\xd8" + b"x" * 500, "image/jpeg")]
@@ -64,3 +66,26 @@ def run_cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]
 def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     """`cli("run", URL, ...)`: `resnet-serving loadtest ...` in a subprocess, output captured."""
     return run_cli
+
+
+def step_result(**fields: Any) -> StepResult:
+    """A StepResult with plausible values (open loop, 100 req/s, all ok); `fields` override."""
+    p99 = fields.pop("p99_ms", 40.0)
+    latency = Latency(
+        100, 1.0, 10.0, {50.0: 10.0, 90.0: 20.0, 95.0: 30.0, 99.0: p99, 99.9: p99}, p99
+    )
+    base: dict[str, Any] = {
+        "mode": "open", "offered_rate": 100.0, "arrival": "constant", "concurrency": None,
+        "warmup_s": 0.0, "started_at": 0.0, "window_s": 1.0, "elapsed_s": 1.0, "requests": 100,
+        "ok": 100, "errors": 0, "error_rate": 0.0, "throughput_rps": 100.0,
+        "latency_ms": latency if p99 is not None else Latency(), "status_counts": {"200": 100},
+        "transport_errors": {}, "error_details": {}, "stages_ms": {}, "schedule": None,
+        "timeseries": (), "generator": Generator(0.01, 100.0),
+    }  # fmt: skip
+    return StepResult(**{**base, **fields})
+
+
+@pytest.fixture
+def make_step() -> Callable[..., StepResult]:
+    """`make_step(p99_ms=60.0, error_rate=0.05, ...)` -> a StepResult (see step_result)."""
+    return step_result

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.report import SCHEMA, SUMMARY_COLUMNS, TIMESERIES_COLUMNS
+from loadtest.report import SUMMARY_COLUMNS, TIMESERIES_COLUMNS
+from loadtest.results import SCHEMA
 
 ROOT = str(Path(__file__).resolve().parents[2])
 ENV = {**os.environ, "PYTHONPATH": ROOT}

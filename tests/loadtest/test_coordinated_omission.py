@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from loadtest.engine import StepSpec, run_step
+from loadtest.engine import run_step
+from loadtest.plan import StepSpec
 from loadtest.targets import HttpTarget
 from testdoubles.echo_server import Behaviour, EchoServer
 
@@ -41,8 +42,8 @@ async def test_open_loop_shows_the_stall_closed_loop_hides_it(
         await target.close()
         await server.stop()
 
-    assert opened["ok"] == RATE * DURATION and opened["errors"] == 0
-    lat = opened["latency_ms"]
+    assert opened.ok == RATE * DURATION and opened.errors == 0
+    lat = opened.to_json()["latency_ms"]
     # Slack: the stall starts with the server's first request (a few ms after t0), and this
     # shared machine adds tens of ms of scheduling noise; both are far below the effect.
     for p in (90.0, 95.0, 99.0):
@@ -52,9 +53,9 @@ async def test_open_loop_shows_the_stall_closed_loop_hides_it(
     assert 900 <= lat["max_ms"] <= 1300
     assert lat["p50_ms"] < 100
     # Closed loop: each client has one slow request; the rest are fast.
-    cl = closed["latency_ms"]
-    assert closed["ok"] > 100
+    cl = closed.to_json()["latency_ms"]
+    assert closed.ok > 100
     assert 900 <= cl["max_ms"] <= 1300
-    slow_share = 2 / closed["ok"]  # two clients, one stalled request each
+    slow_share = 2 / closed.ok  # two clients, one stalled request each
     assert slow_share < 0.01
     assert cl["p99_ms"] < 200, cl  # the stall is invisible below the max

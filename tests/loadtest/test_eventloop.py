@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 import uvloop
 
-from loadtest.engine import StepSpec, run_step, wait_until
+from loadtest.engine import run_step, wait_until
 from loadtest.eventloop import PreciseEpollSelector, new_precise_loop, run_loop
+from loadtest.plan import StepSpec
+from loadtest.results import StepResult
 from loadtest.targets import HttpTarget
 from testdoubles.echo_server import EchoServer
 
@@ -53,7 +55,7 @@ def test_open_loop_latency_is_never_below_zero(
 ) -> None:
     """Latency counts from the due time; a send before it would report too little."""
 
-    async def main() -> dict[str, Any]:
+    async def main() -> StepResult:
         server = EchoServer()
         port = await server.start()
         target = make_target(port)
@@ -64,6 +66,6 @@ def test_open_loop_latency_is_never_below_zero(
             await server.stop()
 
     step = LOOPS[loop](main())
-    assert step["ok"] == 900
-    assert step["latency_ms"]["min_ms"] > 0
-    assert step["generator"]["cpu_us_per_request"] > 0
+    assert step.ok == 900
+    assert step.latency_ms.min_ms is not None and step.latency_ms.min_ms > 0
+    assert step.generator.cpu_us_per_request is not None and step.generator.cpu_us_per_request > 0

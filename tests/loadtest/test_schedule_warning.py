@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from loadtest.engine import StepSpec, run_step
+from loadtest.engine import run_step
+from loadtest.plan import StepSpec
 from loadtest.targets import HttpTarget
 from testdoubles.echo_server import EchoServer
 
@@ -23,10 +24,10 @@ async def test_impossible_rate_warns_generator_behind(
     finally:
         await target.close()
         await server.stop()
-    sched = step["schedule"]
-    assert sched["behind"] is True
-    assert sched["late_fraction"] > 0.5
-    assert any("fell behind its schedule" in w for w in step["warnings"])
+    sched = step.schedule
+    assert sched is not None and sched.behind is True
+    assert sched.late_fraction > 0.5
+    assert any("fell behind its schedule" in w for w in step.warnings)
 
 
 async def test_easy_rate_has_a_schedule_block(make_target: Callable[..., HttpTarget]) -> None:
@@ -38,5 +39,6 @@ async def test_easy_rate_has_a_schedule_block(make_target: Callable[..., HttpTar
     finally:
         await target.close()
         await server.stop()
-    assert step["ok"] == 50
-    assert set(step["schedule"]) >= {"late", "late_fraction", "send_lag_p99_ms", "behind"}
+    assert step.ok == 50
+    assert step.schedule is not None
+    assert set(step.to_json()["schedule"]) >= {"late", "late_fraction", "send_lag_p99_ms", "behind"}

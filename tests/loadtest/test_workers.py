@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.engine import StepSpec, schedule, summarise
+from loadtest.engine import schedule, summarise
+from loadtest.plan import Arrival, StepSpec
 from loadtest.recorder import StepRecorder
 
 CliFn = Callable[..., subprocess.CompletedProcess[str]]
@@ -19,7 +20,7 @@ CliFn = Callable[..., subprocess.CompletedProcess[str]]
 
 @pytest.mark.parametrize("arrival", ["constant", "poisson"])
 @pytest.mark.parametrize("workers", [2, 3])
-def test_workers_partition_the_global_schedule(arrival: str, workers: int) -> None:
+def test_workers_partition_the_global_schedule(arrival: Arrival, workers: int) -> None:
     spec = StepSpec(rate=1000, arrival=arrival, warmup_s=0.1, duration_s=None, requests=250, seed=7)
     whole = list(schedule(spec, 10.0, 10.1))
     assert sum(1 for _, due in whole if due >= 10.1) == 250  # --requests counts measured ones
@@ -46,18 +47,22 @@ def test_merged_partials_equal_one_recorder() -> None:
         lat = rng.lognormvariate(-6, 1)
         ok = rng.random() > 0.05
         status = 200 if ok else 503
-        reqs.append((due, due + 0.0001 * (i % 40), due + lat, status, ok, None, b"total;dur=1.5"))
+        body = None if ok else b'{"error":"overloaded","detail":"queue full","request_id":"%d"}' % i
+        reqs.append(
+            (due, due + 0.0001 * (i % 40), due + lat, status, ok, None, b"total;dur=1.5", body)
+        )
     spec = StepSpec(rate=1000, duration_s=2.5, warmup_s=0.5)
     one = StepRecorder(t0 + 0.5, open_loop=True)
     parts = [StepRecorder(t0 + 0.5, open_loop=True) for _ in range(3)]
     for i, r in enumerate(reqs):
         one.record(*r)
         parts[i % 3].record(*r)
-    whole = summarise(spec, [{**one.partial(), "last_s": 0.0}], 0.0)
-    merged = summarise(spec, [{**p.partial(), "last_s": 0.0} for p in parts], 0.0)
+    whole = summarise(spec, [one.partial()], 0.0)
+    merged = summarise(spec, [p.partial() for p in parts], 0.0)
     assert merged == whole
-    assert whole["requests"] == 2500 and whole["status_counts"]["503"] > 0
-    assert whole["schedule"]["late"] > 0 and len(whole["timeseries"]) >= 3
+    assert whole.requests == 2500 and whole.status_counts["503"] > 0
+    assert whole.schedule is not None and whole.schedule.late > 0 and len(whole.timeseries) >= 3
+    assert whole.error_details == {"HTTP 503 overloaded: queue full": whole.status_counts["503"]}
 
 
 def test_cli_with_two_workers(server_url: str, tmp_path: Path, cli: CliFn) -> None:

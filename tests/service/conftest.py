@@ -22,11 +22,18 @@ import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
+from service.decode import configure_pillow
 from service.settings import Settings
 
 MODEL_NAME = "gw"
 SIDE = 16  # input height = width of the test model
 LABELS = tuple(f"class_{i}" for i in range(10))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pillow_as_the_gateway_sets_it() -> None:
+    """Tests that decode without a gateway get the Pillow settings the gateway sets at start."""
+    configure_pillow()
 
 
 class LiveServer(NamedTuple):

@@ -149,15 +149,3 @@ def test_an_overloaded_gateway_sheds_before_reading_the_body() -> None:
     assert [r.status_code for r in served] == [200, 200]
     registry = app.state.gateway.metrics.registry
     assert registry.get_sample_value("gateway_decode_seconds_count") == 2  # refused: not decoded
-
-
-def test_a_client_that_leaves_is_499_not_a_500() -> None:
-    """Overloaded, a client may time out before its body is read: not a bug (no 500, no
-    traceback in the log), counted as 499 client_closed_request."""
-    from starlette.requests import ClientDisconnect
-
-    from service.app import error_response
-
-    response = error_response(ClientDisconnect(), "rid")
-    assert response.status_code == 499
-    assert b'"client_closed_request"' in response.body

@@ -39,6 +39,7 @@ class DoubleBackend:
     """Answers a fixed distribution per image: class = first pixel's red value mod classes."""
 
     name: str = "double"
+    breaker: None = None  # in-process, like the embedded backend
     gate: threading.Event = field(default_factory=threading.Event)
     fail: BaseException | None = None
     is_ready: bool = True

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from contract.errors import ImageShapeError
 from contract.manifest import MANIFEST_RELPATH
 from service.backends.base import Backend
 from service.backends.embedded import EmbeddedBackend
 from service.backends.factory import make_backend
 from service.backends.tfserving import TFServingBackend
-from service.errors import BackendError, BackendStartupError, DeadlineExceeded, NotReady
+from service.batcher import MicroBatcher
+from service.breaker import CircuitBreaker
+from service.errors import BackendStartupError, DeadlineExceeded, NotReady
 from service.settings import Settings
 from testdoubles.standin import StandIn
 
@@ -54,7 +58,7 @@ async def test_embedded_matches_the_keras_model(
     [np.zeros((1, 8, 8, 3), np.float32), np.zeros((1, 9, 8, 3), np.uint8), np.zeros((8, 8, 3))],
 )
 async def test_embedded_rejects_wrong_images(embedded: EmbeddedBackend, images: np.ndarray) -> None:
-    with pytest.raises(BackendError, match=r"images must be uint8 \[N,8,8,3\]"):
+    with pytest.raises(ImageShapeError, match=r"must be uint8 \[N,8,8,3\]"):
         await embedded.predict(images, timeout_s=5)
 
 
@@ -140,12 +144,17 @@ async def test_embedded_close_is_idempotent(exported_model: Any) -> None:
 def test_factory_picks_the_backend(name: str, cls: type) -> None:
     backend: Backend = make_backend(Settings(backend=name, model_name="tiny"))  # type: ignore[arg-type]
     assert isinstance(backend, cls) and backend.name == name
+    # Only the remote backend has a server to lose, so only it has a circuit breaker.
+    assert (
+        isinstance(backend.breaker, CircuitBreaker)
+        if name == "tfserving"
+        else backend.breaker is None
+    )
 
 
-async def test_both_backends_give_the_same_probabilities(
-    exported_model: Any, embedded: EmbeddedBackend
-) -> None:
-    images = _images(8, seed=4)
+@contextlib.asynccontextmanager
+async def remote_backend(exported_model: Any) -> AsyncIterator[Backend]:
+    """The tfserving backend, started against a stand-in serving the same export."""
     with StandIn(exported_model.model_base, exported_model.name) as standin:
         settings = Settings(
             backend="tfserving",
@@ -156,7 +165,42 @@ async def test_both_backends_give_the_same_probabilities(
         remote = make_backend(settings)
         await remote.start()
         try:
-            got = await remote.predict(images, timeout_s=10)
+            yield remote
         finally:
             await remote.close()
+
+
+async def test_batcher_and_both_backends_refuse_wrong_images_with_one_message(
+    exported_model: Any, embedded: EmbeddedBackend
+) -> None:
+    """One check (`Manifest.check_images`) guards every hand-over of pixels to the model."""
+    wrong = np.zeros((1, 9, 8, 3), np.uint8)
+    with pytest.raises(ImageShapeError) as expected:
+        embedded.manifest.check_images(wrong)
+    batcher = MicroBatcher(
+        embedded, embedded.manifest, max_batch_size=8, max_wait_ms=1, max_queue_images=8
+    )
+    await batcher.start()
+    try:
+        async with remote_backend(exported_model) as remote:
+            deadline = asyncio.get_running_loop().time() + 5
+            attempts: list[Callable[[], Awaitable[object]]] = [
+                lambda: embedded.predict(wrong, timeout_s=5),
+                lambda: remote.predict(wrong, timeout_s=5),
+                lambda: batcher.submit([wrong[0]], deadline=deadline),
+            ]
+            for attempt in attempts:
+                with pytest.raises(ImageShapeError) as info:
+                    await attempt()
+                assert str(info.value) == str(expected.value)
+    finally:
+        await batcher.close()
+
+
+async def test_both_backends_give_the_same_probabilities(
+    exported_model: Any, embedded: EmbeddedBackend
+) -> None:
+    images = _images(8, seed=4)
+    async with remote_backend(exported_model) as remote:
+        got = await remote.predict(images, timeout_s=10)
     np.testing.assert_allclose(got, await embedded.predict(images, timeout_s=10), atol=1e-5)

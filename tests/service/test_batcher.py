@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from contract.errors import ImageShapeError
 from contract.manifest import InputSpec, Manifest
 from service.batcher import BatchRecord, MicroBatcher
 from service.errors import (
@@ -39,6 +40,7 @@ class RecordingBackend:
     """Backend double: row i of the answer encodes image i's pixel value, calls are recorded."""
 
     name: str = "double"
+    breaker: None = None
     calls: list[tuple[int, float]] = field(default_factory=list)  # (rows, timeout_s)
     batches: list[np.ndarray] = field(default_factory=list)
     gate: asyncio.Event | None = None  # when set: each call waits for it
@@ -254,6 +256,6 @@ async def test_close_without_drain_fails_what_is_queued() -> None:
 async def test_rejects_images_of_the_wrong_shape() -> None:
     batcher = make(RecordingBackend())
     await batcher.start()
-    with pytest.raises(ValueError, match="Received: uint8"):
+    with pytest.raises(ImageShapeError, match=r"Received: uint8\[1, 5, 5, 3\]"):
         await batcher.submit([np.zeros((5, 5, 3), np.uint8)], deadline=later())
     await batcher.close()

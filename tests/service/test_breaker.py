@@ -58,3 +58,19 @@ def test_half_open_lets_one_probe_through(probe_ok: bool, final: State) -> None:
 def test_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="Received"):
         CircuitBreaker(failure_threshold=0)
+
+
+@pytest.mark.parametrize("outcome", ["cancelled", "timed_out"])
+def test_a_probe_that_ends_without_an_answer_frees_the_next_probe(outcome: str) -> None:
+    """A cancelled or timed-out probe says nothing about the server; if it kept the probe slot,
+    the breaker would fail fast for ever (every later caller sees a probe 'in flight')."""
+    clock = Clock()
+    cb = CircuitBreaker(failure_threshold=1, reset_s=2.0, clock=clock)
+    cb.record_failure()
+    clock.t += 2.0
+    cb.before_call()  # the probe goes out...
+    cb.record_neutral()  # ...and is cancelled, or its deadline (ours) passes
+    assert cb.state is State.HALF_OPEN  # still unknown: neither closed nor re-opened
+    cb.before_call()  # so the next caller may probe
+    cb.record_success()
+    assert cb.state is State.CLOSED

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageFile, ImageOps, JpegImagePlugin
 
 from contract.manifest import InputSpec, Preprocessing
-from service.decode import DecodeLimits, decode_batch, decode_image
+from service.decode import DecodeLimits, configure_pillow, decode_batch, decode_image
 from service.errors import (
     EmptyImage,
     GatewayError,
@@ -185,9 +187,24 @@ def test_pixel_limit_is_checked_on_the_header_before_any_decode() -> None:
         decode(data, max_image_pixels=8_999_999, allowed_formats=allowed)
 
 
-def test_pillow_globals_leave_the_decision_to_us() -> None:
+def test_configure_pillow_leaves_the_decision_to_us(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # Pillow's own defaults, or
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # what a library set
+    configure_pillow()
     assert Image.MAX_IMAGE_PIXELS is None  # our limit, not Pillow's bomb guard, refuses
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # truncated files raise, never grey-pad
+
+
+def test_importing_the_gateway_changes_no_pillow_setting() -> None:
+    """Process-wide settings belong to whoever starts the process, not to an import."""
+    code = (
+        "from PIL import Image, ImageFile\n"
+        "before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)\n"
+        "import service.decode, service.app\n"
+        "assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) == before, before\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 def test_format_allow_list_is_respected() -> None:
@@ -209,8 +226,43 @@ def _p_with_transparency() -> bytes:
     return encode(im, "PNG", transparency=1)  # palette entry 1 (red) fully transparent
 
 
+def _icc_profile() -> bytes:
+    from PIL import ImageCms
+
+    return bytes(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+
+
+def _ycck_jpeg(cmyk: tuple[int, int, int, int]) -> bytes:
+    """A YCCK JPEG (Adobe APP14 transform=2) that decodes to `cmyk`: Pillow cannot write one,
+    so the components are computed as libjpeg's YCCK->CMYK conversion expects them and the
+    Adobe marker's transform flag is set by hand."""
+    raw = [255 - v for v in cmyk]  # libjpeg's output for an Adobe CMYK file is inverted
+    r, g, b = (255 - v for v in raw[:3])  # YCCK stores the YCbCr of (255 - C, 255 - M, 255 - Y)
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = -0.168736 * r - 0.331264 * g + 0.5 * b + 128
+    cr = 0.5 * r - 0.418688 * g - 0.081312 * b + 128
+    stored = tuple(255 - round(v) for v in (y, cb, cr, raw[3]))  # Pillow inverts on save too
+    data = bytearray(encode(Image.new("CMYK", (32, 32), stored), "JPEG", quality=95))
+    adobe = data.find(b"Adobe")
+    data[adobe + 11] = 2  # transform: YCCK
+    return bytes(data)
+
+
 MODES = [
     # (id, bytes, background, expected RGB of every pixel)
+    (
+        "cmyk-jpeg-icc",  # the profile is ignored, as docs/decode.md says
+        encode(
+            Image.new("CMYK", (32, 32), (0, 255, 255, 0)),
+            "JPEG",
+            quality=95,
+            icc_profile=_icc_profile(),
+        ),
+        WHITE,
+        RED,
+    ),
+    ("ycck-jpeg", _ycck_jpeg((0, 255, 255, 0)), WHITE, RED),
+    ("ycck-jpeg-blue", _ycck_jpeg((255, 255, 0, 0)), WHITE, BLUE),
     (
         "cmyk-jpeg",
         encode(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), "JPEG", quality=95),
@@ -254,22 +306,40 @@ def _asymmetric(w: int, h: int) -> Image.Image:
     return im
 
 
+# Eight distinct colours in a 4 x 2 grid: each of the eight orientations shows a different
+# arrangement, so a swapped pair (say 5 and 7) cannot pass.
+_GRID = np.array(
+    [[(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)],
+     [(255, 0, 255), (0, 255, 255), (255, 255, 255), (0, 0, 0)]],
+    dtype=np.uint8,
+)  # fmt: skip
+_BLOCK = 16
+
+# What each EXIF orientation asks for, from the EXIF 2.3 spec (stored -> displayed), written
+# with numpy so that it does not share code or tables with decode.py or Pillow.
+_UPRIGHT = {
+    1: lambda a: a,
+    2: np.fliplr,  # mirror horizontal
+    3: lambda a: np.rot90(a, 2),  # rotate 180
+    4: np.flipud,  # mirror vertical
+    5: lambda a: a.transpose(1, 0, 2),  # mirror horizontal and rotate 270 CW: transpose
+    6: lambda a: np.rot90(a, -1),  # rotate 90 CW
+    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),  # mirror horizontal, rotate 90 CW
+    8: lambda a: np.rot90(a, 1),  # rotate 270 CW
+}
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
-@pytest.mark.parametrize(
-    ("orientation", "top_left", "bottom_left"),
-    [(1, GREEN, RED), (6, RED, BLUE), (8, BLUE, GREEN), (3, BLUE, BLUE)],
-)
-def test_exif_orientation_is_applied(
-    fmt: str, orientation: int, top_left: tuple[int, ...], bottom_left: tuple[int, ...]
-) -> None:
-    data = with_exif_orientation(_asymmetric(64, 32), fmt, orientation)
-    spec = (
-        InputSpec(height=32, width=16) if orientation in (6, 8) else InputSpec(height=16, width=32)
-    )
-    out = decode(data, spec=spec)
-    assert mad(out, reference(Image.open(io.BytesIO(data)), spec, STRETCH)) < 3
-    assert np.abs(out[1, 1].astype(int) - top_left).max() < 40
-    assert np.abs(out[-2, 1].astype(int) - bottom_left).max() < 40
+@pytest.mark.parametrize("orientation", sorted(_UPRIGHT))
+def test_every_exif_orientation_is_applied(fmt: str, orientation: int) -> None:
+    stored = _GRID.repeat(_BLOCK, axis=0).repeat(_BLOCK, axis=1)  # 32 x 64 pixels
+    expected = _UPRIGHT[orientation](_GRID)  # the grid as it must be seen, 2x4 or 4x2 blocks
+    data = with_exif_orientation(Image.fromarray(stored), fmt, orientation)
+    rows, cols = expected.shape[:2]
+    out = decode(data, spec=InputSpec(height=rows * _BLOCK, width=cols * _BLOCK))
+    centres = out[_BLOCK // 2 :: _BLOCK, _BLOCK // 2 :: _BLOCK].astype(int)
+    assert centres.shape == expected.shape
+    assert np.abs(centres - expected).max() < 40, f"orientation {orientation}:\n{centres}"
 
 
 def test_exif_orientation_can_be_ignored() -> None:

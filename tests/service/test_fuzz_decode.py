@@ -28,6 +28,7 @@ def test_decode_survives_fuzzing(tmp_path: Path) -> None:
             sys.executable,
             str(ROOT / "fuzz/fuzz_decode.py"),
             f"-runs={RUNS}",
+            f"-seed={SEED}",
             "-max_total_time=60",
             "-rss_limit_mb=2048",
             "-timeout=10",
@@ -41,4 +42,6 @@ def test_decode_survives_fuzzing(tmp_path: Path) -> None:
     )
     tail = (proc.stdout + proc.stderr)[-3000:]
     assert proc.returncode == 0, f"fuzzer found a crash:\n{tail}"
+    if SEED:  # the run replays: libFuzzer says it used the seed it was given
+        assert f"Seed: {SEED}" in proc.stdout + proc.stderr, tail
     assert "Done" in tail or "DONE" in tail, tail

@@ -81,6 +81,10 @@ def test_the_gateway_extra_serves_through_tf_serving_grpc(
         expected = gateway_model.reference(image[None])[0]
         for class_id, score in scores.items():
             assert abs(score - float(expected[class_id])) < 1e-4
+        # The demo page's files are package data: they must be in the installed copy too.
+        for path, media_type in (("/", "text/html"), ("/static/app.js", "text/javascript")):
+            page = httpx.get(url + path, timeout=10)
+            assert page.status_code == 200 and page.headers["content-type"].startswith(media_type)
     finally:
         assert gateway.stop() == 0, gateway.output
         standin.stop()

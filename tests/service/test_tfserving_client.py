@@ -305,3 +305,44 @@ async def test_queue_full_is_overload_not_an_outage() -> None:
     with pytest.raises(QueueFull, match="overloaded"):
         await backend._call("Predict", rpc, timeout_s=0.5)
     assert len(calls) == 1 and backend.breaker.state is State.CLOSED
+
+
+def _half_open(backend: TFServingBackend) -> None:
+    """Open the backend's breaker and let its reset time pass: the next call is the probe."""
+    breaker = backend.breaker
+    for _ in range(breaker.failure_threshold):
+        breaker.record_failure()
+    breaker._opened_at -= breaker.reset_s  # as if reset_s had passed (no sleep in the test)
+
+
+@pytest.mark.parametrize("how", ["cancelled", "deadline"])
+async def test_a_probe_that_gets_no_answer_does_not_keep_the_circuit_open(
+    exported_model: Any, how: str
+) -> None:
+    """The half-open probe is cancelled (the client left) or runs out of its deadline: the
+    next call must be allowed to probe, or the gateway would fail fast for ever."""
+    backend = _client(exported_model, "127.0.0.1:1")
+    _half_open(backend)
+
+    async def no_answer(left: float) -> None:
+        if how == "cancelled":
+            await asyncio.sleep(10)
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(), "late"
+        )
+
+    probe = asyncio.create_task(backend._call("Predict", no_answer, timeout_s=5))
+    await asyncio.sleep(0.01)
+    if how == "cancelled":
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+    else:
+        with pytest.raises(DeadlineExceeded):
+            await probe
+
+    async def answer(left: float) -> str:
+        return "ok"
+
+    assert await backend._call("GetModelStatus", answer, timeout_s=5) == "ok"  # not CircuitOpen
+    assert backend.breaker.state.value == "closed"

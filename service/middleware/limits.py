@@ -2,15 +2,18 @@
 
 A declared `Content-Length` over the cap is refused before any body is read; chunked or
 lying uploads are counted chunk by chunk as the app pulls them from `receive`, and refused at
-the first byte over the cap. Either way the rest is never buffered. The refusal is raised as
-`UploadTooLarge`; the app's error mapping turns it into the 413 response.
+the first byte over the cap. Either way the rest is never buffered. A refusal on the declared
+length is answered here (inside CORS, like AccessGuard's); one while streaming is raised as
+`UploadTooLarge` into the app reading the body, whose exception handler answers it. Both go
+through the one error mapping (`service.error_responses`) to the 413 response.
 """
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import BadRequest, UploadTooLarge
+from service.error_responses import respond_in_scope
+from service.errors import BadRequest, GatewayError, UploadTooLarge
 
 
 class BodySizeLimit:
@@ -26,9 +29,15 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            raise UploadTooLarge(f"upload is {declared} bytes; the limit is {self.max_bytes} bytes")
+        try:
+            declared = _content_length(scope)
+            if declared is not None and declared > self.max_bytes:
+                raise UploadTooLarge(
+                    f"upload is {declared} bytes; the limit is {self.max_bytes} bytes"
+                )
+        except GatewayError as exc:
+            await respond_in_scope(exc, scope)(scope, receive, send)
+            return
         seen = 0
 
         async def limited_receive() -> Message:

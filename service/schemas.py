@@ -1,0 +1,85 @@
+"""The gateway's response bodies as pydantic models: what the OpenAPI schema shows is what is sent.
+
+Each route declares its model (`response_model=`) for the schema and sends an instance of it
+through `json_response`, which serialises it once, in pydantic's Rust core, with the headers
+the route adds (`Server-Timing`). Returning the model itself would have FastAPI validate it a
+second time and needs a `Response` parameter for the headers; returning a hand-built dict
+goes through `jsonable_encoder` and `json.dumps`, and nothing checks it against the schema.
+`benchmarks/response_encoding.py` measures the three (results in `benchmarks/results/`).
+Error bodies are `service.openapi_docs.ErrorBody`, sent by `service.error_responses`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from contract.manifest import InputSpec, Precision, Preprocessing
+
+
+class Score(BaseModel):
+    label: str
+    class_id: int
+    score: float
+
+
+class Prediction(BaseModel):
+    top_k: list[Score] = Field(description="Best classes first; ties keep class order.")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+
+
+class Timing(BaseModel):
+    """Milliseconds, also sent as the `Server-Timing` header."""
+
+    decode: float
+    queue: float
+    backend: float
+    total: float
+
+
+class ClassifyResponse(BaseModel):
+    model: ModelRef
+    predictions: list[Prediction] = Field(description="One per image, in request order.")
+    timing_ms: Timing
+
+
+class ModelInfo(BaseModel):
+    """The served model's contract, as its manifest says, and how this gateway serves it."""
+
+    name: str
+    version: int
+    architecture: str
+    backend: str
+    input: InputSpec
+    preprocessing: Preprocessing
+    num_labels: int
+    default_top_k: int
+    batch_buckets: list[int]
+    precision: Precision
+    xla_compiled: bool
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+class LiveResponse(BaseModel):
+    status: Literal["alive"] = "alive"
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"] = "ready"
+    model: ModelRef
+    backend: str
+
+
+def json_response(body: BaseModel, *, headers: Mapping[str, str] | None = None) -> Response:
+    """`body` as an `application/json` response, serialised once (FastAPI adds no pass)."""
+    return Response(body.model_dump_json(), media_type="application/json", headers=headers)
