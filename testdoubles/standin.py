@@ -82,6 +82,7 @@ class Fault:
 
     load_delay_s: float = 0.0
     load_error: TFSError | None = None
+    load_gate: threading.Event | None = None  # the load waits until it is set (<= 60 s)
     predict_delay_s: float = 0.0  # per graph execution (per batch when batching)
     predict_error: TFSError | None = None
     predict_gate: threading.Event | None = None  # executions wait until it is set (<= 60 s)
@@ -208,6 +209,8 @@ class StandIn:
     def _load(self, name: str, version: int, path: Path) -> VersionSession:
         """The loader the manager calls: SavedModel, session (batched or not), warmup."""
         fault = self.faults.get(name, version)
+        if fault.load_gate is not None:
+            fault.load_gate.wait(60)
         if fault.load_delay_s > 0:
             time.sleep(fault.load_delay_s)
         if fault.load_error is not None:

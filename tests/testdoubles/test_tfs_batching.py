@@ -138,7 +138,7 @@ def _server(exported_model: Any, **batching: Any) -> StandIn:
 @pytest.fixture
 def batched(exported_model: Any) -> Iterator[tuple[StandIn, Any]]:
     with (
-        _server(exported_model, batch_timeout_s=0.3, num_batch_threads=1) as server,
+        _server(exported_model, batch_timeout_s=1.0, num_batch_threads=1) as server,
         grpc.insecure_channel(server.address) as ch,
     ):
         yield server, prediction_service_pb2_grpc.PredictionServiceStub(ch)

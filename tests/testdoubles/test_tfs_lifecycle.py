@@ -138,11 +138,15 @@ def test_a_slow_load_is_loading_while_the_old_version_serves(
 ) -> None:
     add_version(tmp_path, "tiny", 1)
     server, client = serve(write_config(tmp_path / "models.config", {"tiny": tmp_path / "tiny"}))
-    server.faults.set(Fault(load_delay_s=1.5), version=2)
+    gate = threading.Event()
+    server.faults.set(Fault(load_gate=gate), version=2)
     add_version(tmp_path, "tiny", 2)
-    assert server.wait_for_state("tiny", 2, "LOADING", 10)
-    assert client.states()[:2] == [(2, "LOADING", ""), (1, "AVAILABLE", "")]
-    assert client.predict().model_spec.version.value == 1
+    try:
+        assert server.wait_for_state("tiny", 2, "LOADING", 10)
+        assert client.states() == [(2, "LOADING", ""), (1, "AVAILABLE", "")]
+        assert client.predict().model_spec.version.value == 1
+    finally:
+        gate.set()
     assert server.wait_for_state("tiny", 1, "END", 30)
 
 
