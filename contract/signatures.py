@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from contract.errors import SignatureMismatch
 
@@ -20,6 +21,24 @@ INPUT_BYTES = "image_bytes"
 OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_TOP_K_IDS = "top_k_ids"
 OUTPUT_TOP_K_SCORES = "top_k_scores"
+
+
+class ClientCall(NamedTuple):
+    """One kind of Predict call our clients send: a signature and its output filter."""
+
+    signature: str
+    output_filter: tuple[str, ...]  # () = every output
+
+
+# Every (signature, output filter) a client of ours sends. The export writes one warmup record
+# per call and batch bucket, so TF Serving has run (and XLA compiled) each of them before it
+# reports the model AVAILABLE; tests check each client against this list.
+GATEWAY_CALL = ClientCall(SIGNATURE_PIXELS, (OUTPUT_PROBABILITIES,))  # service/backends/tfserving
+CLIENT_CALLS: tuple[ClientCall, ...] = (
+    GATEWAY_CALL,
+    ClientCall(SIGNATURE_PIXELS, ()),  # `loadtest --grpc`, plain TF Serving clients
+    ClientCall(SIGNATURE_BYTES, ()),  # encoded-image clients (docs/backends.md)
+)
 
 # A tensor as both backends see it: dtype name ("uint8", "float32") and shape (None: any).
 TensorSig = tuple[str, tuple[int | None, ...]]

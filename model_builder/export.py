@@ -185,6 +185,17 @@ def build_serving_module(
 
     module.serve_pixels = serve_pixels
     module.serve_bytes = serve_bytes
+    # Keras 3 keeps each weight in a tf.Variable behind its own KerasVariable. Tracked only
+    # through `module.model`, the SavedModel restores them under other resource handles than
+    # the ones the functions read, and a Session-based loader (TF Serving's LoadSavedModel)
+    # then fails every request with "Could not find variable ..." (tensorflow/tensorflow#72963,
+    # tensorflow/serving#2250). Tracking the very tf.Variables the functions capture, as
+    # keras.export.ExportArchive does, makes the restore fill the handles the graph reads.
+    captured: dict[int, Any] = {}
+    for fn in (serve_pixels, serve_bytes):
+        for variable in fn.get_concrete_function().variables:
+            captured.setdefault(id(variable), variable)
+    module.captured_variables = list(captured.values())
     return module
 
 

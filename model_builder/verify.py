@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -23,6 +23,7 @@ from contract import wire
 from contract.errors import ManifestError, TensorError
 from contract.manifest import LABELS_RELPATH, Manifest, read_manifest
 from contract.signatures import (
+    CLIENT_CALLS,
     INPUT_BYTES,
     INPUT_PIXELS,
     OUTPUT_PROBABILITIES,
@@ -34,7 +35,7 @@ from contract.signatures import (
 from model_builder.artifacts import MODEL_FILE, load_run_info
 from model_builder.errors import ModelBuilderError, VerifyError
 from model_builder.preprocess import normalize
-from model_builder.warmup import read_warmup_requests
+from model_builder.warmup import MAX_RECORDS, read_warmup_requests
 
 # Max |p_export - p_keras| per precision. float32 differs only by XLA's fused re-ordering;
 # bf16 keeps ~3 significant digits, fp16 ~3.3, and errors accumulate over the layers.
@@ -314,33 +315,107 @@ def _check_xla(version_dir: Path) -> Check:
 
 
 def _check_warmup(version_dir: Path, loaded: Any, m: Manifest) -> Check:
+    """Every record parses and runs, and the records are exactly one per (client call,
+    bucket): a call a client sends at a bucket with no record would compile on TF Serving's
+    request path (contract.signatures.CLIENT_CALLS)."""
     try:
         requests = read_warmup_requests(version_dir)
     except Exception as exc:  # a corrupt TFRecord or proto is a verdict
         return Check("warmup", False, f"cannot parse warmup records: {exc}")
-    problems, sizes = [], []
+    outputs = {s: tuple(sorted(loaded.signatures[s].structured_outputs)) for s in loaded.signatures}
+    try:
+        session = _SessionBundle(version_dir)
+    except Exception as exc:  # a load failure is a verdict
+        return Check("warmup", False, f"cannot load as TF Serving does (TF1 Session): {exc}")
+    problems: list[str] = []
+    seen: list[WarmupKey] = []
+    ran: set[tuple[str, int]] = set()
     for i, req in enumerate(requests):
-        if req.model_spec.name != m.model_name or req.model_spec.signature_name != SIGNATURE_PIXELS:
-            problems.append(
-                f"record {i} targets {req.model_spec.name}/{req.model_spec.signature_name}"
-            )
+        sig = req.model_spec.signature_name or SIGNATURE_PIXELS
+        if req.model_spec.name != m.model_name or sig not in _WARMUP_INPUTS:
+            problems.append(f"record {i} targets {req.model_spec.name}/{sig}")
             continue
+        name, (dtype, shape) = _WARMUP_INPUTS[sig](m)
         try:
-            images = wire.tensor_array(
-                req.inputs[INPUT_PIXELS],
-                dtype="uint8",
-                shape=(None, m.input.height, m.input.width, 3),
-                name=f"record {i} {INPUT_PIXELS}",
+            batch = wire.tensor_array(
+                req.inputs[name], dtype=dtype, shape=shape, name=f"record {i} {name}"
             )
-        except TensorError as exc:
+        except (TensorError, IndexError, KeyError) as exc:
             problems.append(str(exc))
             continue
-        out = loaded.signatures[SIGNATURE_PIXELS](**{INPUT_PIXELS: tf.constant(images)})
-        if out[OUTPUT_PROBABILITIES].shape != (images.shape[0], m.num_classes):
-            problems.append(f"record {i} returned {out[OUTPUT_PROBABILITIES].shape}")
-        sizes.append(int(images.shape[0]))
-    if sorted(sizes) != list(m.batch_buckets):
-        problems.append(f"batch sizes {sorted(sizes)} != buckets {list(m.batch_buckets)}")
+        n = int(batch.shape[0])
+        seen.append(WarmupKey(sig, n, tuple(sorted(req.output_filter)) or outputs[sig]))
+        if (sig, n) in ran:
+            continue  # the output filter does not change what the loaded function computes
+        ran.add((sig, n))
+        try:
+            probs = session.run(sig, name, batch)
+        except tf.errors.OpError as exc:
+            problems.append(f"record {i} fails as TF Serving runs it: {exc.message.strip()[:300]}")
+            continue
+        if probs.shape != (n, m.num_classes):
+            problems.append(f"record {i} returned {probs.shape}")
+    want = required_warmup(m, outputs)
+    missing = sorted(set(want) - set(seen))
+    extra = sorted(set(seen) - set(want))
+    if missing:
+        problems.append(f"no record for {[_key_text(k) for k in missing]}")
+    if extra or len(seen) != len(set(seen)):
+        problems.append(f"records beyond one per call and bucket: {[_key_text(k) for k in extra]}")
+    session.close()
+    if len(requests) > MAX_RECORDS:
+        problems.append(f"{len(requests)} records; TF Serving reads at most {MAX_RECORDS}")
     if problems:
         return Check("warmup", False, "; ".join(problems))
-    return Check("warmup", True, f"{len(requests)} records, one per bucket {list(m.batch_buckets)}")
+    return Check(
+        "warmup",
+        True,
+        f"{len(requests)} records: {len(CLIENT_CALLS)} client calls x buckets {list(m.batch_buckets)}",
+    )
+
+
+class _SessionBundle:
+    """The export loaded as TF Serving loads it (TF's LoadSavedModel into a TF1 Session) and
+    run by tensor name: what `tf.saved_model.load` forgives, this does not (an export whose
+    variables the Session never restores fails here as it fails in TF Serving)."""
+
+    def __init__(self, version_dir: Path) -> None:
+        self._session = tf.compat.v1.Session(graph=tf.Graph())
+        meta = tf.compat.v1.saved_model.loader.load(self._session, ["serve"], str(version_dir))
+        self._signatures = meta.signature_def
+
+    def run(self, signature: str, name: str, batch: np.ndarray) -> np.ndarray:
+        sig = self._signatures[signature]
+        fetch = sig.outputs[OUTPUT_PROBABILITIES].name
+        return np.asarray(self._session.run(fetch, {sig.inputs[name].name: batch}))
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class WarmupKey(NamedTuple):
+    """What TF Serving runs for one request: signature, batch size, fetched outputs (sorted)."""
+
+    signature: str
+    batch_size: int
+    outputs: tuple[str, ...]
+
+
+# The input tensor a warmup record of each signature carries: name, (dtype, shape).
+_WARMUP_INPUTS: dict[str, Callable[[Manifest], tuple[str, tuple[str, tuple[int | None, ...]]]]] = {
+    SIGNATURE_PIXELS: lambda m: (INPUT_PIXELS, ("uint8", (None, m.input.height, m.input.width, 3))),
+    SIGNATURE_BYTES: lambda m: (INPUT_BYTES, ("string", (None,))),
+}
+
+
+def required_warmup(m: Manifest, outputs: dict[str, tuple[str, ...]]) -> list[WarmupKey]:
+    """Every (signature, bucket, outputs) a client sends: CLIENT_CALLS x the manifest's buckets."""
+    return [
+        WarmupKey(call.signature, b, tuple(sorted(call.output_filter)) or outputs[call.signature])
+        for call in CLIENT_CALLS
+        for b in m.batch_buckets
+    ]
+
+
+def _key_text(key: WarmupKey) -> str:
+    return f"{key.signature} batch {key.batch_size} -> {','.join(key.outputs)}"

@@ -1,8 +1,16 @@
 """TF Serving warmup records: `assets.extra/tf_serving_warmup_requests`.
 
-One PredictRequest per batch bucket, so TF Serving compiles (XLA) every shape it will ever
-see before it reports the model ready. Format as in tensorflow/serving's
+One PredictRequest per (client call, batch bucket): every (signature, output filter) in
+`contract.signatures.CLIENT_CALLS` at every bucket, so TF Serving has run each graph our
+clients will ever reach, and XLA has compiled each shape, before it reports the model
+AVAILABLE (it replays the file at load: tensorflow/serving
+`servables/tensorflow/saved_model_warmup_util.cc`). Format as in tensorflow/serving's
 `tensorflow_serving/example/resnet_warmup.py`: a TFRecord file of PredictionLog protos.
+TF Serving reads at most 1000 records (`kMaxNumRecords`); 3 calls x 7 buckets is 21.
+
+Pixel records hold one value that TensorFlow repeats over the whole shape (Tensor::FromProto
+fills the rest with the last value given), so a 64x224x224x3 record is a few bytes instead of
+9.6 MB; encoded-image records hold one small JPEG per row.
 """
 
 from __future__ import annotations
@@ -14,33 +22,90 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from contract import wire
+from contract import tfs_protos, wire
 from contract.manifest import WARMUP_RELPATH
-from contract.signatures import INPUT_PIXELS, SIGNATURE_PIXELS
+from contract.signatures import (
+    CLIENT_CALLS,
+    INPUT_BYTES,
+    INPUT_PIXELS,
+    SIGNATURE_BYTES,
+    SIGNATURE_PIXELS,
+    ClientCall,
+)
 from contract.tfs_protos import PredictionLog
 
-WARMUP_SEED = 20240611  # fixed pixels: warmup files of one export are reproducible
+MAX_RECORDS = 1000  # tensorflow_serving/servables/tensorflow/saved_model_warmup_util.h
+WARMUP_PIXEL = 128  # mid grey: every pixel of a pixel record
 
 
-def warmup_images(batch: int, height: int, width: int, seed: int = WARMUP_SEED) -> np.ndarray:
-    """Deterministic uint8 RGB pixels `[batch, height, width, 3]` for one warmup request."""
-    rng = np.random.default_rng(seed + batch)
-    return rng.integers(0, 256, size=(batch, height, width, 3), dtype=np.uint8)
+def warmup_pixels(batch: int, height: int, width: int) -> Any:
+    """A uint8 `[batch, height, width, 3]` TensorProto holding one value for every pixel."""
+    proto = tfs_protos.TensorProto(dtype=tfs_protos.DataType.DT_UINT8, int_val=[WARMUP_PIXEL])
+    for size in (batch, height, width, 3):
+        proto.tensor_shape.dim.add(size=size)
+    return proto
+
+
+def warmup_jpeg(height: int, width: int) -> bytes:
+    """A deterministic `height x width` RGB JPEG (a smooth gradient, a few KB)."""
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    rgb = np.stack([np.broadcast_to(y, (height, width)), np.broadcast_to(x, (height, width)),
+                    np.full((height, width), 96.0, np.float32)], axis=-1)  # fmt: skip
+    return bytes(tf.io.encode_jpeg(rgb.astype(np.uint8), quality=90).numpy())
+
+
+def _inputs(signature: str, batch: int, height: int, width: int) -> dict[str, Any]:
+    if signature == SIGNATURE_PIXELS:
+        return {INPUT_PIXELS: warmup_pixels(batch, height, width)}
+    if signature == SIGNATURE_BYTES:
+        jpeg = warmup_jpeg(height, width)
+        return {INPUT_BYTES: wire.array_tensor(np.array([jpeg] * batch, dtype=object))}
+    raise ValueError(f"no warmup input for signature {signature!r}")
+
+
+def warmup_requests(
+    model_name: str,
+    *,
+    height: int,
+    width: int,
+    buckets: Sequence[int],
+    calls: Sequence[ClientCall] = CLIENT_CALLS,
+) -> list[Any]:
+    """One PredictRequest per (call, bucket), calls in order, buckets ascending."""
+    requests = [
+        wire.predict_request(
+            model_name,
+            signature=call.signature,
+            inputs=_inputs(call.signature, batch, height, width),
+            output_filter=call.output_filter,
+        )
+        for call in calls
+        for batch in buckets
+    ]
+    if len(requests) > MAX_RECORDS:
+        raise ValueError(
+            f"TF Serving replays at most {MAX_RECORDS} warmup records. Received: "
+            f"{len(calls)} calls x {len(buckets)} buckets = {len(requests)}"
+        )
+    return requests
 
 
 def write_warmup_requests(
-    version_dir: Path, *, model_name: str, height: int, width: int, buckets: Sequence[int]
+    version_dir: Path,
+    *,
+    model_name: str,
+    height: int,
+    width: int,
+    buckets: Sequence[int],
+    calls: Sequence[ClientCall] = CLIENT_CALLS,
 ) -> Path:
-    """Write one `serving_default` PredictRequest per bucket; returns the file path."""
+    """Write the warmup file (see `warmup_requests`); returns its path."""
     path = version_dir / WARMUP_RELPATH
     path.parent.mkdir(parents=True, exist_ok=True)
+    requests = warmup_requests(model_name, height=height, width=width, buckets=buckets, calls=calls)
     with tf.io.TFRecordWriter(str(path)) as writer:
-        for batch in buckets:
-            request = wire.predict_request(
-                model_name,
-                signature=SIGNATURE_PIXELS,
-                inputs={INPUT_PIXELS: wire.images_tensor(warmup_images(batch, height, width))},
-            )
+        for request in requests:
             log = PredictionLog()
             log.predict_log.request.CopyFrom(request)
             writer.write(log.SerializeToString())

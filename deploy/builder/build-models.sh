@@ -15,6 +15,17 @@ if [[ -f "${target}/saved_model.pb" && -f "${MODEL_BASE}/models.config" ]]; then
   exit 0
 fi
 
+# An empty named volume takes the owner of /models from the image of each container created
+# with it. docker-compose.yml mounts it with nocopy everywhere but here, so that owner is app
+# (10001); a volume made otherwise (an older compose file) may not be ours: say how to fix it.
+mkdir -p "${MODEL_BASE}" 2>/dev/null || true
+if [[ ! -w "${MODEL_BASE}" ]]; then
+  echo "build-models: ${MODEL_BASE} is not writable by uid $(id -u) (owner $(stat -c '%u:%g' "${MODEL_BASE}" 2>/dev/null || echo unknown))." >&2
+  echo "  Give it to the builder: docker compose run --rm --user 0 --entrypoint chown builder 10001:10001 ${MODEL_BASE}" >&2
+  echo "  (or remove the volume: docker compose down -v)" >&2
+  exit 1
+fi
+
 if [[ "${MODEL_NAME}" == "demo" ]]; then
   if [[ "${MODEL_VERSION}" != "1" ]]; then
     echo "build-models: the demo model is exported as version 1. Received: MODEL_VERSION=${MODEL_VERSION}" >&2

@@ -6,7 +6,9 @@ requests are built from the numpy buffer and replies parsed with `contract.wire`
 gives it what is left of the request's budget as its gRPC deadline, retries only
 UNAVAILABLE while time remains, and maps status codes onto `service.errors`. A circuit
 breaker sits in that seam: every UNAVAILABLE attempt counts as a failure, any answer from the
-server closes it, and while it is open calls fail fast with 503 `circuit_open`.
+server closes it, and while it is open calls fail fast with 503 `circuit_open`. One UNAVAILABLE
+is an answer, not an outage: TF Serving's full batching queue becomes 503 `queue_full` at
+once, with no retry, and counts as a success for the breaker (the server is up, only busy).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from service.errors import (
     BackendUnavailable,
     DeadlineExceeded,
     NotReady,
+    QueueFull,
     Unavailable,
 )
 
@@ -50,6 +53,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# TF Serving's reply when its batching queue is full (TF kernels/batching_util/
+# shared_batch_scheduler.h, Queue::ValidateBatchTaskQueueCapacity): overloaded, not down.
+TFS_QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
 _HEADROOM_BYTES = 1 << 20  # protobuf framing, metadata, other outputs
 _DEFAULT_MAX_MESSAGE = 4 << 20  # gRPC's own default; enough for status and metadata
 
@@ -163,6 +169,7 @@ class TFServingBackend:
 
         Each attempt asks the breaker first (CircuitOpen while it is open) and reports back:
         UNAVAILABLE is a failure, any answer from the server a success, cancellation neither.
+        TF Serving's full batching queue is an answer: QueueFull (503) at once, no retry.
         """
         deadline = time.monotonic() + timeout_s
         backoff = self._retry_backoff_s
@@ -175,6 +182,12 @@ class TFServingBackend:
                 result = await rpc(left)
             except grpc.aio.AioRpcError as exc:
                 code, details = exc.code(), exc.details() or ""
+                if code == grpc.StatusCode.UNAVAILABLE and details.startswith(TFS_QUEUE_FULL):
+                    self.breaker.record_success()  # it answered: up, only busy
+                    raise QueueFull(
+                        f"{what}: TF Serving at {self._address} is overloaded: {details}",
+                        retry_after_s=self._retry_after_s,
+                    ) from None
                 if code == grpc.StatusCode.UNAVAILABLE:
                     self.breaker.record_failure()
                 elif code == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import shutil
 import stat
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -189,4 +191,26 @@ def test_builder_refuses_demo_versions_other_than_1(fake_cli: dict[str, str]) ->
     result = run(["bash", script], env={**fake_cli, "MODEL_NAME": "demo", "MODEL_VERSION": "3"})
     assert result.returncode == 2
     assert "Received: MODEL_VERSION=3" in result.stderr
+    assert calls(fake_cli) == []
+
+
+def test_builder_says_how_to_fix_a_volume_it_cannot_write(fake_cli: dict[str, str]) -> None:
+    """A models volume owned by root (made by an older compose file) stops the builder with
+    the command that fixes it, instead of a Python traceback halfway through an export."""
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv to run the script as another user")
+    base = Path(tempfile.mkdtemp(prefix="volume-"))  # pytest's tmp_path is 0700: nobody can look
+    try:
+        base.chmod(0o755)
+        models = base / "root-owned"
+        models.mkdir(mode=0o755)
+        script = str(DEPLOY / "builder" / "build-models.sh")
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", script]
+        env = {**fake_cli, "MODEL_NAME": "demo", "MODEL_BASE": str(models)}
+        result = run(as_nobody, env=env)
+    finally:
+        shutil.rmtree(base)
+    assert result.returncode == 1
+    assert f"{models} is not writable by uid 65534 (owner 0:0)" in result.stderr
+    assert "--user 0 --entrypoint chown builder 10001:10001" in result.stderr
     assert calls(fake_cli) == []

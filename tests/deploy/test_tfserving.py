@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,36 @@ def test_tfserving_accepts_the_gateways_keepalive_pings(source: str) -> None:
     # Without this TF Serving answers idle pings with GOAWAY (too_many_pings).
     flags = compose_flags() if source == "compose" else k8s_flags()
     assert flags["grpc_channel_arguments"] == KEEPALIVE
+
+
+# --- the export on the server's TensorFlow (deploy/tfserving/check_export.py) ---------------
+
+CHECK_EXPORT = DEPLOY / "tfserving" / "check_export.py"
+OPS_CHECKED = DEPLOY / "tfserving" / "export_ops.txt"
+
+
+def _check_export() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_export", CHECK_EXPORT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_exports_use_only_ops_checked_on_the_servers_tensorflow(exported_model: Any) -> None:
+    """export_ops.txt lists the ops checked on TF Serving's TensorFlow; an export that needs
+    another op must be checked again before the TF Serving image can be trusted with it."""
+    ops = set(_check_export().graph_ops(exported_model.model_base / "tiny" / "1"))
+    lines = OPS_CHECKED.read_text(encoding="utf-8").splitlines()
+    checked = {line for line in lines if line and not line.startswith("#")}
+    assert {"StatefulPartitionedCall", "DecodeImage", "ScaleAndTranslate", "TopKV2"} <= ops
+    assert ops <= checked, f"not checked against TF Serving's TensorFlow: {sorted(ops - checked)}"
+
+
+def test_check_export_loads_and_runs_an_export_as_tf_serving_does(exported_model: Any) -> None:
+    result = run([sys.executable, str(CHECK_EXPORT), str(exported_model.model_base / "tiny" / "1")])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok   every op and attr is registered" in result.stdout
+    assert "ok   ran 12 warmup records through the Session" in result.stdout

@@ -32,7 +32,7 @@ def standin(exported_model: Any) -> Iterator[StandIn]:
     try:
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 def _run(cli: CliFn, out: Path, *args: str) -> subprocess.CompletedProcess[str]:

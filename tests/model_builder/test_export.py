@@ -14,6 +14,8 @@ from PIL import Image
 
 from contract.manifest import LABELS_RELPATH, WARMUP_RELPATH, read_manifest
 from contract.signatures import (
+    CLIENT_CALLS,
+    INPUT_BYTES,
     INPUT_PIXELS,
     OUTPUT_PROBABILITIES,
     OUTPUT_TOP_K_IDS,
@@ -136,7 +138,7 @@ def test_manifest_and_labels(exported: Any) -> None:
     assert tuple(labels) == exported.run_info.labels
 
 
-def test_warmup_records_cover_each_bucket_and_run(exported: Any, loaded: Any) -> None:
+def test_warmup_records_cover_each_client_call_and_bucket(exported: Any, loaded: Any) -> None:
     """Read back with TF Serving's own PredictionLog class, as TF Serving reads the file."""
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
@@ -147,16 +149,22 @@ def test_warmup_records_cover_each_bucket_and_run(exported: Any, loaded: Any) ->
         for r in records.as_numpy_iterator()
     ]
     assert len(requests) == len(read_warmup_requests(exported.version_dir))
-    sizes = []
+    seen = []
     for request in requests:
         assert request.model_spec.name == "tiny"
-        assert request.model_spec.signature_name == SIGNATURE_PIXELS
-        images = tf.make_ndarray(request.inputs[INPUT_PIXELS])
-        assert images.dtype == np.uint8 and images.shape[1:] == (16, 16, 3)
-        out = loaded.signatures[SIGNATURE_PIXELS](images=tf.constant(images))
-        assert out[OUTPUT_PROBABILITIES].shape[0] == images.shape[0]
-        sizes.append(images.shape[0])
-    assert sizes == [1, 2, 4]
+        sig = request.model_spec.signature_name
+        [(name, proto)] = request.inputs.items()
+        batch = tf.make_ndarray(proto)  # a pixel record's one value fills its whole shape
+        if sig == SIGNATURE_PIXELS:
+            assert batch.dtype == np.uint8 and batch.shape[1:] == (16, 16, 3)
+            assert len(request.SerializeToString()) < 200  # not 16*16*3 bytes per image
+        else:
+            assert (sig, name, batch.dtype) == (SIGNATURE_BYTES, INPUT_BYTES, object)
+            assert tf.io.decode_jpeg(batch[0]).shape == (16, 16, 3)
+        out = loaded.signatures[sig](**{name: tf.constant(batch)})
+        assert out[OUTPUT_PROBABILITIES].shape[0] == batch.shape[0]
+        seen.append((sig, tuple(request.output_filter), batch.shape[0]))
+    assert seen == [(c.signature, c.output_filter, n) for c in CLIENT_CALLS for n in (1, 2, 4)]
 
 
 def test_configs_written_beside_models(exported: Any) -> None:
@@ -283,3 +291,44 @@ def test_cli_existing_version_is_one_line_exit_2(exported: Any) -> None:
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and "already exists" in line
     assert _tree_digest(exported.version_dir) == before
+
+
+def test_the_export_runs_as_tf_serving_loads_it(
+    exported: Any, pixels: np.ndarray, reference: Any
+) -> None:
+    """TF Serving loads a version with TF's LoadSavedModel into a TF1 Session and runs tensors
+    by name; every Keras weight must be restored there, not only under tf.saved_model.load."""
+    import tensorflow as tf
+
+    with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(exported.version_dir))
+        sig = meta.signature_def[SIGNATURE_PIXELS]
+        probs = session.run(
+            sig.outputs[OUTPUT_PROBABILITIES].name, {sig.inputs[INPUT_PIXELS].name: pixels}
+        )
+    np.testing.assert_allclose(probs, reference(exported.model, pixels), atol=1e-5)
+
+
+def test_verify_catches_an_export_tf_serving_cannot_run(
+    tiny_model: Any, run_info: RunInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the captured variables tracked (tensorflow/tensorflow#72963) the Session finds
+    the Keras weights uninitialised; `verify` must say so, as TF Serving would fail its load."""
+    from model_builder import export as export_module
+    from model_builder.verify import check_export
+
+    build = export_module.build_serving_module
+
+    def untracked(*args: Any, **kwargs: Any) -> Any:
+        module = build(*args, **kwargs)
+        del module.captured_variables
+        return module
+
+    monkeypatch.setattr(export_module, "build_serving_module", untracked)
+    version_dir = export_model(
+        tiny_model, model_base=tmp_path, name="tiny", version=1, run_info=run_info,
+        buckets=(1,), top_k=3,
+    )  # fmt: skip
+    [failed] = check_export(version_dir, use_cli=False).failed
+    assert failed.name == "warmup" and "fails as TF Serving runs it" in failed.detail
+    assert "Could not find variable" in failed.detail or "Read variable failure" in failed.detail

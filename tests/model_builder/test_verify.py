@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from contract.manifest import LABELS_RELPATH, MANIFEST_RELPATH, WARMUP_RELPATH
+from contract.signatures import CLIENT_CALLS, GATEWAY_CALL, SIGNATURE_BYTES, ClientCall
 from model_builder.errors import VerifyError
 from model_builder.verify import (
     _check_xla,
@@ -48,14 +49,45 @@ def test_edited_labels_fail_with_the_line(exported: Any, tmp_path: Path) -> None
         verify_export(version_dir, use_cli=False)
 
 
-def test_warmup_missing_a_bucket_fails(exported: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("calls", "buckets", "missing"),
+    [
+        (CLIENT_CALLS, (1, 2), "serving_default batch 4 -> probabilities'"),
+        (  # the gateway's output filter: its first request per bucket would compile
+            [c for c in CLIENT_CALLS if c != GATEWAY_CALL],
+            (1, 2, 4),
+            "serving_default batch 2 -> probabilities'",
+        ),
+        (  # an encoded-image client
+            [c for c in CLIENT_CALLS if c.signature != SIGNATURE_BYTES],
+            (1, 2, 4),
+            "serving_bytes batch 1 -> probabilities,top_k_ids,top_k_scores",
+        ),
+    ],
+)
+def test_warmup_missing_a_client_call_fails(
+    exported: Any, tmp_path: Path, calls: list[ClientCall], buckets: tuple[int, ...], missing: str
+) -> None:
     version_dir = _copy(exported, tmp_path)
     (version_dir / WARMUP_RELPATH).unlink()
-    write_warmup_requests(version_dir, model_name="tiny", height=16, width=16, buckets=(1, 2))
+    write_warmup_requests(
+        version_dir, model_name="tiny", height=16, width=16, buckets=buckets, calls=calls
+    )
     report = check_export(version_dir, use_cli=False)
     [failed] = report.failed
     assert failed.name == "warmup"
-    assert "batch sizes [1, 2] != buckets [1, 2, 4]" in failed.detail
+    assert "no record for" in failed.detail and missing in failed.detail
+
+
+def test_warmup_with_a_duplicate_record_fails(exported: Any, tmp_path: Path) -> None:
+    version_dir = _copy(exported, tmp_path)
+    (version_dir / WARMUP_RELPATH).unlink()
+    calls = [*CLIENT_CALLS, GATEWAY_CALL]
+    write_warmup_requests(
+        version_dir, model_name="tiny", height=16, width=16, buckets=(1, 2, 4), calls=calls
+    )
+    [failed] = check_export(version_dir, use_cli=False).failed
+    assert "beyond one per call and bucket" in failed.detail
 
 
 def test_parity_fails_against_a_different_model(exported: Any, fresh_model: Any) -> None:

@@ -94,7 +94,7 @@ class Proc:
 
 
 def start_standin(model_base: Path, port: int, *, delay_s: float = 0.0) -> Proc:
-    """`python -m testdoubles.standin` on 127.0.0.1:port; returns once it printed its ready line."""
+    """`python -m resnet_serving standin` on 127.0.0.1:port; returns once it printed its ready line."""
     args = [sys.executable, "-m", "resnet_serving", "standin", "--model-base", str(model_base)]
     args += ["--model-name", MODEL_NAME, "--port", str(port), "--delay-s", str(delay_s)]
     proc = Proc(args, child_env())

@@ -1,7 +1,7 @@
 """The model server dies under load and comes back: 503 + Retry-After meanwhile, never a wrong
 answer, never a 500 or a hang, `/readyz` follows, and the gateway reconnects by itself.
 
-The model server is the local stand-in run as a separate process (`python -m testdoubles.standin`),
+The model server is the local stand-in run as a separate process (`python -m resnet_serving standin`),
 killed with SIGKILL and restarted on the same port; the gateway is real uvicorn on loopback.
 """
 

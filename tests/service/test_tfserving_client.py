@@ -1,4 +1,8 @@
-"""The tfserving backend (grpc.aio) against the local stand-in over real loopback gRPC."""
+"""The tfserving backend (grpc.aio) against the local stand-in over real loopback gRPC.
+
+The stand-in runs as the deploy files run TF Serving: batching on, with the export's
+`batching_parameters.txt`, replies in `float_val` (TF Serving's default).
+"""
 
 from __future__ import annotations
 
@@ -16,19 +20,31 @@ import pytest
 from contract import tfs_protos, wire
 from contract.manifest import MANIFEST_RELPATH
 from service.backends.tfserving import TFServingBackend, probabilities
+from service.breaker import CircuitBreaker, State
 from service.errors import (
     BackendError,
     BackendStartupError,
     BackendUnavailable,
     DeadlineExceeded,
     NotReady,
+    QueueFull,
 )
-from testdoubles.standin import StandIn
+from testdoubles.standin import Fault, ServerOptions, StandIn
+from testdoubles.tfs_batching import BatchingOptions
+
+
+def _batching(exported_model: Any, **changes: Any) -> ServerOptions:
+    return ServerOptions(
+        enable_batching=True,
+        batching_parameters_file=exported_model.model_base / "batching_parameters.txt",
+        **changes,
+    )
 
 
 @pytest.fixture(scope="module")
 def standin(exported_model: Any) -> Iterator[StandIn]:
-    with StandIn(exported_model.model_base, exported_model.name) as server:
+    options = _batching(exported_model)
+    with StandIn(exported_model.model_base, exported_model.name, options=options) as server:
         yield server
 
 
@@ -66,6 +82,71 @@ async def test_predict_matches_the_keras_model(exported_model: Any, standin: Sta
         await backend.close()  # idempotent
     with pytest.raises(NotReady):
         await backend.predict(_images(1), timeout_s=1)
+
+
+async def test_reply_in_tensor_content_reads_the_same(
+    exported_model: Any, standin: StandIn
+) -> None:
+    """TF Serving's --enable_serialization_as_tensor_content: same numbers, other encoding."""
+    options = _batching(exported_model, enable_serialization_as_tensor_content=True)
+    images = _images(4)
+    with StandIn(exported_model.model_base, exported_model.name, options=options) as other:
+        content = await _predict_once(exported_model, other.address, images)
+    fields = await _predict_once(exported_model, standin.address, images)
+    np.testing.assert_array_equal(content, fields)
+
+
+async def _predict_once(exported_model: Any, address: str, images: np.ndarray) -> np.ndarray:
+    backend = _client(exported_model, address)
+    await backend.start()
+    try:
+        return await backend.predict(images, timeout_s=10)
+    finally:
+        await backend.close()
+
+
+async def test_full_tf_serving_queue_is_503_and_leaves_the_breaker_closed(
+    exported_model: Any,
+) -> None:
+    """TF Serving answers UNAVAILABLE 'The batch scheduling queue ... is full' when its queue
+    is full: overload, not an outage. 503 queue_full + Retry-After, no retry, breaker closed."""
+    options = ServerOptions(
+        enable_batching=True,
+        batching=BatchingOptions(
+            max_batch_size=8, max_enqueued_batches=1, num_batch_threads=1,
+            allowed_batch_sizes=(1, 2, 4, 8),
+        ),
+    )  # fmt: skip
+    with StandIn(exported_model.model_base, exported_model.name, options=options) as server:
+        backend = _client(exported_model, server.address)
+        await backend.start()
+        server.faults.set(Fault(predict_delay_s=1.5), model="tiny")
+        try:
+            running = asyncio.create_task(backend.predict(_images(8), timeout_s=10))
+            await _until(lambda: server.batch_stats() == (1, 0))  # on the one batch thread
+            queued = asyncio.create_task(backend.predict(_images(8), timeout_s=10))
+            await _until(lambda: server.batch_stats() == (1, 1))  # the queue's one batch
+            with pytest.raises(QueueFull) as info:
+                await backend.predict(_images(8), timeout_s=10)
+            assert info.value.status == 503
+            assert info.value.headers() == {"Retry-After": "1"}
+            assert "is full; currently 1 batches enqueued and max_enqueued_batches is 1" in (
+                info.value.detail
+            )
+            assert backend.breaker.state is State.CLOSED
+            server.faults.clear()
+            for task in (running, queued):
+                assert (await task).shape == (8, 3)  # the accepted ones were served
+        finally:
+            server.faults.clear()
+            await backend.close()
+
+
+async def _until(condition: Any, timeout_s: float = 10.0) -> None:
+    end = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < end, "condition not reached in time"
+        await asyncio.sleep(0.01)
 
 
 def _float_reply(values: list[float], shape: tuple[int, ...]) -> Any:
@@ -172,8 +253,8 @@ async def test_version_gone_is_a_backend_error(
         await backend.close()
 
 
-def _rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="boom")
+def _rpc_error(code: grpc.StatusCode, details: str = "boom") -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
 
 
 @pytest.mark.parametrize(
@@ -201,6 +282,29 @@ async def test_status_codes_map_and_only_unavailable_retries(
         await backend._call("Predict", rpc, timeout_s=0.5)
     assert (len(calls) > 1) == (attempts == "many")
     assert all(0 < left <= 0.5 for left in calls)  # each attempt gets what is left
+
+
+async def test_queue_full_is_overload_not_an_outage() -> None:
+    """Breaker threshold 1: a queue-full answer counted as a failure would open it."""
+    backend = TFServingBackend(
+        address="127.0.0.1:1",
+        model_name="m",
+        model_base=Path("."),
+        breaker=CircuitBreaker(failure_threshold=1),
+    )
+    calls: list[float] = []
+    details = (
+        "The batch scheduling queue to which this task was submitted is full; currently 10 "
+        "batches enqueued and max_enqueued_batches is 10"
+    )
+
+    async def rpc(left: float) -> None:
+        calls.append(left)
+        raise _rpc_error(grpc.StatusCode.UNAVAILABLE, details)
+
+    with pytest.raises(QueueFull, match="overloaded"):
+        await backend._call("Predict", rpc, timeout_s=0.5)
+    assert len(calls) == 1 and backend.breaker.state is State.CLOSED
 
 
 def _half_open(backend: TFServingBackend) -> None:
