@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi import FastAPI
 
 from contract import __version__
-from service import health, middleware, page, routes
+from service import api_docs, health, middleware, page, routes
 from service.backends.base import Backend
 from service.backends.factory import make_backend
 from service.batcher import MicroBatcher
@@ -64,10 +64,13 @@ def create_app(
         "TF Serving (gRPC) or an embedded TensorFlow model.",
         lifespan=_lifespan,
         middleware=middleware.stack(settings, metrics),
+        docs_url=None,  # served by service.api_docs from package data, not from a CDN
+        redoc_url=None,
     )
     app.state.gateway = state
     app.include_router(routes.router)
     app.include_router(health.router)
+    app.include_router(api_docs.router)
     if settings.demo_page:
         app.include_router(page.router)
     name_served_model(app, settings.model_name)

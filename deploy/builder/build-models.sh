@@ -2,7 +2,8 @@
 # One-shot model export for docker compose / the Kubernetes Job. Idempotent: exits 0 at once
 # when <MODEL_BASE>/<MODEL_NAME>/<MODEL_VERSION>/saved_model.pb already exists.
 #
-#   MODEL_NAME=demo      -> `resnet-serving demo` (trains on the built-in offline data)
+#   MODEL_NAME=demo      -> `resnet-serving demo --version MODEL_VERSION` (trains on the built-in
+#                           offline data; MODEL_VERSION=2 rolls a new demo version)
 #   MODEL_NAME=<other>   -> `resnet-serving build` (MODEL_ARCH, MODEL_WEIGHTS) + `export`
 #                           (MODEL_VERSION, MODEL_PRECISION)
 set -euo pipefail
@@ -27,11 +28,7 @@ if [[ ! -w "${MODEL_BASE}" ]]; then
 fi
 
 if [[ "${MODEL_NAME}" == "demo" ]]; then
-  if [[ "${MODEL_VERSION}" != "1" ]]; then
-    echo "build-models: the demo model is exported as version 1. Received: MODEL_VERSION=${MODEL_VERSION}" >&2
-    exit 2
-  fi
-  resnet-serving demo --model-base "${MODEL_BASE}"
+  resnet-serving demo --model-base "${MODEL_BASE}" --version "${MODEL_VERSION}"
 else
   run_dir="$(mktemp -d)"
   trap 'rm -rf "${run_dir}"' EXIT

@@ -45,7 +45,12 @@ def flags(service: dict[str, Any]) -> dict[str, str]:
 
 
 def gateway_settings(env: dict[str, str]) -> Settings:
-    values = {k.removeprefix(ENV_PREFIX).lower(): v for k, v in env.items()}
+    """The Settings these variables make, decoded as pydantic-settings decodes the environment
+    (JSON for list-valued settings)."""
+    values = {
+        k.removeprefix(ENV_PREFIX).lower(): json.loads(v) if v.startswith("[") else v
+        for k, v in env.items()
+    }
     return Settings.model_validate(values)
 
 
@@ -130,7 +135,11 @@ def test_gateway_env_is_real_settings(services: dict[str, Any]) -> None:
 def test_ports_agree_with_settings_and_tfserving(services: dict[str, Any]) -> None:
     gw = services["gateway"]
     settings = gateway_settings(gw["environment"])
-    assert gw["ports"] == [f"{settings.port}:{settings.port}"]
+    assert gw["ports"] == [f"127.0.0.1:8001:{settings.port}"]  # this host only
+    proxy = services["proxy"]
+    upstream_host, _, upstream_port = proxy["environment"]["GATEWAY_UPSTREAM"].rpartition(":")
+    assert (upstream_host, int(upstream_port)) == ("gateway", settings.port)
+    assert proxy["ports"] == [f"{settings.port}:{proxy['environment']['PROXY_PORT']}"]
     host, _, grpc_port = settings.tfserving_address.rpartition(":")
     assert host == "tfserving"
     tfs = flags(services["tfserving"])
@@ -255,3 +264,14 @@ def test_tfserving_healthcheck_script_is_mounted(services: dict[str, Any]) -> No
 def test_gateway_healthcheck_asks_readyz(services: dict[str, Any]) -> None:
     test = services["gateway"]["healthcheck"]["test"]
     assert test == ["CMD", "python", "/usr/local/bin/gateway-healthcheck", "/readyz"]
+
+
+def test_only_the_proxy_network_may_name_the_client(services: dict[str, Any]) -> None:
+    """The gateway believes X-Forwarded-For from the `edge` network, which only the proxy
+    shares with it; the proxy's template replaces the header (tests/deploy/test_proxy.py)."""
+    gateway, proxy = services["gateway"], services["proxy"]
+    trusted = json.loads(gateway["environment"][f"{ENV_PREFIX}FORWARDED_ALLOW_IPS"])
+    assert Settings(forwarded_allow_ips=trusted).forwarded_allow_ips == tuple(trusted)
+    assert proxy["networks"] == ["edge"] or set(proxy["networks"]) == {"edge"}
+    members = [name for name, svc in services.items() if "edge" in (svc.get("networks") or {})]
+    assert sorted(members) == ["gateway", "proxy"]

@@ -128,10 +128,12 @@ def test_gateway_healthcheck_follows_readyz(fake_rest: FakeRest) -> None:
 
 
 FAKE_CLI = """#!/usr/bin/env bash
-# Stand-in for the real CLI (training is out of scope here): records its args, writes the files.
+# Stand-in for the real CLI (training is out of scope here): the real argument parser checks
+# the command line first, then it records its args and writes the files the real one would.
+"$PYTHON" -c 'import sys; from resnet_serving.cli import build_parser; build_parser().parse_args(sys.argv[1:])' "$@" || exit 2
 echo "$*" >> "$CALLS"
 case "$1" in
-  demo) mkdir -p "$3/demo/1" && touch "$3/demo/1/saved_model.pb" "$3/models.config" ;;
+  demo) v="${5:-1}"; mkdir -p "$3/demo/$v" && touch "$3/demo/$v/saved_model.pb" "$3/models.config" ;;
   build) mkdir -p "$7" ;;
   export) d="$5/$7/$9"; mkdir -p "$d" && touch "$d/saved_model.pb" "$5/models.config" ;;
 esac
@@ -149,6 +151,7 @@ def fake_cli(tmp_path: Path) -> dict[str, str]:
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "CALLS": str(tmp_path / "calls.txt"),
         "MODEL_BASE": str(tmp_path / "models"),
+        "PYTHON": sys.executable,
     }
 
 
@@ -161,7 +164,7 @@ def test_builder_exports_the_demo_once(fake_cli: dict[str, str]) -> None:
     script = str(DEPLOY / "builder" / "build-models.sh")
     first = run(["bash", script], env={**fake_cli, "MODEL_NAME": "demo"})
     assert first.returncode == 0, first.stderr
-    assert calls(fake_cli) == [f"demo --model-base {fake_cli['MODEL_BASE']}"]
+    assert calls(fake_cli) == [f"demo --model-base {fake_cli['MODEL_BASE']} --version 1"]
     again = run(["bash", script], env={**fake_cli, "MODEL_NAME": "demo"})
     assert again.returncode == 0
     assert "nothing to do" in again.stdout
@@ -186,12 +189,15 @@ def test_builder_builds_and_exports_a_named_model(fake_cli: dict[str, str]) -> N
     assert (Path(fake_cli["MODEL_BASE"]) / "resnet50" / "2" / "saved_model.pb").exists()
 
 
-def test_builder_refuses_demo_versions_other_than_1(fake_cli: dict[str, str]) -> None:
+def test_builder_rolls_a_new_demo_version(fake_cli: dict[str, str]) -> None:
+    """docs/deploy.md: `MODEL_VERSION=2 docker compose run --rm builder` exports demo v2."""
     script = str(DEPLOY / "builder" / "build-models.sh")
-    result = run(["bash", script], env={**fake_cli, "MODEL_NAME": "demo", "MODEL_VERSION": "3"})
-    assert result.returncode == 2
-    assert "Received: MODEL_VERSION=3" in result.stderr
-    assert calls(fake_cli) == []
+    env = {**fake_cli, "MODEL_NAME": "demo"}
+    assert run(["bash", script], env=env).returncode == 0
+    second = run(["bash", script], env={**env, "MODEL_VERSION": "2"})
+    assert second.returncode == 0, second.stderr
+    assert calls(fake_cli)[-1] == f"demo --model-base {fake_cli['MODEL_BASE']} --version 2"
+    assert (Path(fake_cli["MODEL_BASE"]) / "demo" / "2" / "saved_model.pb").is_file()
 
 
 def test_builder_says_how_to_fix_a_volume_it_cannot_write(fake_cli: dict[str, str]) -> None:

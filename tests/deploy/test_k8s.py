@@ -143,3 +143,19 @@ def test_model_volume_is_shared_and_read_only_for_servers(
         mount = next(m for m in container(doc, cname)["volumeMounts"] if m["name"] == "models")
         assert mount["mountPath"] == "/models"
         assert mount.get("readOnly", False) is read_only
+
+
+def test_the_ingress_limits_are_the_gateways(docs: dict[tuple[str, str], dict[str, Any]]) -> None:
+    ingress = docs[("Ingress", "gateway")]
+    notes = {
+        k.removeprefix("nginx.ingress.kubernetes.io/"): v
+        for k, v in ingress["metadata"]["annotations"].items()
+    }
+    defaults = Settings()
+    assert int(notes["proxy-body-size"].removesuffix("m")) * 1024**2 == defaults.max_upload_bytes
+    assert float(notes["client-body-timeout"]) == defaults.body_timeout_s
+    assert float(notes["proxy-read-timeout"]) > defaults.request_timeout_s
+    assert notes["proxy-request-buffering"] == "on"
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    service = docs[("Service", backend["name"])]
+    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
