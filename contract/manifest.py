@@ -32,6 +32,7 @@ MANIFEST_RELPATH = Path("assets.extra") / "manifest.json"
 WARMUP_RELPATH = Path("assets.extra") / "tf_serving_warmup_requests"
 LABELS_RELPATH = Path("assets") / "labels.txt"
 DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # also a safe file and URL path name
 
 Precision = Literal["float32", "bfloat16", "float16"]
 
@@ -79,7 +80,7 @@ class Manifest(_Strict):
     """Everything a server or client needs to use one exported model version."""
 
     schema_version: Literal[1] = 1
-    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    model_name: str = Field(pattern=MODEL_NAME_PATTERN)
     model_version: int = Field(gt=0)
     architecture: str
     input: InputSpec
