@@ -320,6 +320,21 @@ class ModelRegistry:
             followed=self._settings.version_labels,
         )
 
+    def admit(self, route: Route, *, deadline: float) -> Route:
+        """The route once its batcher can take one more image (503 queue_full otherwise,
+        before the body is read). A canary too busy to take it sends it to stable instead,
+        and that counts against the canary."""
+        try:
+            route.slot.batcher.check_admission(1, deadline=deadline)
+            return route
+        except QueueFull:
+            if route.fallback is None or route.fallback.retired:
+                raise
+            self._metrics.observe_version(route.slot.model, route.slot.version, ok=False)
+            self._metrics.canary_fallbacks.labels(route.slot.model).inc()
+            route.fallback.batcher.check_admission(1, deadline=deadline)
+            return Route(route.fallback)
+
     async def predict(
         self,
         served: ServedModel,

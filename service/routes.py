@@ -207,13 +207,13 @@ async def _classify(
     served = models.model(name)
     choice = Choice(version, label)
     route = models.route(served, choice)
-    manifest = route.slot.manifest
-    k = _resolve_top_k(top_k, state.settings, manifest)
+    k = _resolve_top_k(top_k, state.settings, route.slot.manifest)
     breaker = state.backend.breaker
     if breaker is not None:  # model server known down: 503 now, not after a wait in the queue
         breaker.fail_fast()
     # Overloaded: shed now, before spending CPU on reading and decoding (submit checks again).
-    route.slot.batcher.check_admission(1, deadline=deadline)
+    route = models.admit(route, deadline=deadline)
+    manifest = route.slot.manifest
 
     budget = state.settings.request_timeout_s
     try:

@@ -6,138 +6,33 @@ gateway's side (its `model_base_path` is an empty folder: the contract comes ove
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import grpc
 import httpx
 import numpy as np
 import pytest
 
-from contract.manifest import read_manifest
-from contract.tfs_config import BATCHING_CONFIG
 from service.app import create_app
-from service.decode import DecodeLimits, decode_image
 from service.settings import Settings
-from testdoubles.standin import Fault, ServerOptions, StandIn
+from testdoubles.standin import Fault, StandIn
 from testdoubles.tfs_status import TFSError
-from tests.service.conftest import LiveServer, png, serving
+from tests.service.conftest import serving
 from tests.service.openloop import OpenLoop
 from tests.service.procs import free_port, start_gateway, wait_status
-from tests.service.versions import Version, export_version
+from tests.service.versions import (
+    Exports,
+    Pictures,
+    base_with,
+    canary_config,
+    classify,
+    publish,
+    scores,
+    standin_and_gateway,
+)
 from tests.testdoubles.standin_support import write_config
-
-
-# As the deploy files run TF Serving: batching on with the export's parameters; polling fast
-# so the test is short (TF Serving: 1 s for versions, models.config as configured). Labels may
-# name versions still loading at start (--allow_version_labels_for_unavailable_models).
-def standin_options(base: Path) -> ServerOptions:
-    return ServerOptions(
-        enable_batching=True,
-        batching_parameters_file=base / BATCHING_CONFIG,
-        file_system_poll_wait_s=0.2,
-        model_config_file_poll_wait_s=0.2,
-        max_num_load_retries=0,
-        allow_version_labels_for_unavailable_models=True,
-    )
-
-
-class Exports(NamedTuple):
-    """tiny v1 and v2 (other weights) and a second model, `other` v1, exported once."""
-
-    base: Path
-    tiny1: Version
-    tiny2: Version
-    other1: Version
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> Exports:
-    base = tmp_path_factory.mktemp("lifecycle") / "models"
-    return Exports(
-        base,
-        export_version(base, 1, seed=0),
-        export_version(base, 2, seed=1),
-        export_version(base, 1, seed=2, name="other"),
-    )
-
-
-class Pictures:
-    """Distinct 8x8 images as PNG, and what each version must answer for each."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        self.pixels = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(n)]
-        self.blobs = [png(p) for p in self.pixels]
-
-    def expected(self, version: Version) -> np.ndarray:
-        m = read_manifest(version.path)
-        limits = DecodeLimits(max_image_pixels=1_000_000, allowed_formats=("PNG",))
-        decoded = np.stack(
-            [
-                decode_image(b, input_spec=m.input, preprocessing=m.preprocessing, limits=limits)
-                for b in self.blobs
-            ]
-        )
-        return version.reference(decoded)
-
-
-def scores(body: dict[str, Any], classes: int = 3) -> np.ndarray:
-    """The full score vector of a one-image answer (every class asked for)."""
-    (prediction,) = body["predictions"]
-    out = np.zeros(classes, np.float32)
-    for s in prediction["top_k"]:
-        out[s["class_id"]] = s["score"]
-    return out
-
-
-def gateway_settings(address: str, empty: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "backend": "tfserving",
-        "tfserving_address": address,
-        "model_name": "tiny",
-        "model_base_path": empty,  # no model volume: every contract comes over gRPC
-        "max_batch_size": 8,
-        "max_wait_ms": 2.0,
-        "decode_workers": 2,
-        "request_timeout_s": 20.0,
-        "version_poll_interval_s": 0.5,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-@contextlib.contextmanager
-def standin_and_gateway(
-    base: Path, config: Path, tmp_path: Path, **overrides: Any
-) -> Iterator[tuple[StandIn, LiveServer]]:
-    empty = tmp_path / "no-volume"
-    empty.mkdir(exist_ok=True)
-    with StandIn(model_config_file=config, options=standin_options(base)) as server:
-        for model, versions in _served(config).items():  # labelled versions load at their pace
-            for version in versions:
-                assert server.wait_for_state(model, version, "AVAILABLE", 30)
-        settings = gateway_settings(server.address, empty, **overrides)
-        with serving(create_app(settings)) as live:
-            yield server, live
-
-
-def _served(config: Path) -> dict[str, list[int]]:
-    from contract.tfs_config import pinned_versions, read_models_config
-
-    entries = read_models_config(config).model_config_list.config
-    return {e.name: pinned_versions(e) or [] for e in entries}
-
-
-def classify(url: str, blob: bytes, path: str = "/v1/classify", **params: Any) -> httpx.Response:
-    return httpx.post(
-        f"{url}{path}", params=params, content=blob, headers={"content-type": "image/png"},
-        timeout=20,
-    )  # fmt: skip
 
 
 def end_of(server: StandIn, model: str, version: int) -> float:
@@ -145,32 +40,13 @@ def end_of(server: StandIn, model: str, version: int) -> float:
     return next(t for t, m, v, s in server.manager.events if (m, v, s) == (model, version, "END"))
 
 
-def publish(exports: Exports, base: Path, name: str, version: int) -> Path:
-    """Put an exported version into `base` as an export does: copied beside, renamed in."""
-    target = base / name / str(version)
-    tmp = base / name / f".tmp-{version}"
-    shutil.copytree(exports.base / name / str(version), tmp)
-    tmp.rename(target)
-    return target
-
-
-def base_with(exports: Exports, dest: Path, **versions: list[int]) -> Path:
-    """A model base holding only `versions` per model name, with the export's configs."""
-    dest.mkdir(parents=True)
-    shutil.copy(exports.base / BATCHING_CONFIG, dest / BATCHING_CONFIG)
-    for name, numbers in versions.items():
-        for number in numbers:
-            shutil.copytree(exports.base / name / str(number), dest / name / str(number))
-    return dest
-
-
 def test_rolling_v1_to_v2_under_open_loop_load_loses_nothing(
-    exports: Exports, tmp_path: Path
+    version_exports: Exports, tmp_path: Path
 ) -> None:
     """The issue's acceptance: v1 -> v2 under open-loop load, no restart: every answer 200,
     labelled with the version that computed it (its scores are that version's), none
     labelled v1 among the requests sent after v1 was unloaded, readiness 200 throughout."""
-    base = base_with(exports, tmp_path / "models", tiny=[1])
+    base = base_with(version_exports, tmp_path / "models", tiny=[1])
     config = write_config(tmp_path / "models.config", {"tiny": base / "tiny"})
     pictures = Pictures(6, seed=11)
     with standin_and_gateway(base, config, tmp_path) as (server, live):
@@ -180,7 +56,7 @@ def test_rolling_v1_to_v2_under_open_loop_load_loses_nothing(
             ready: list[int] = []
             async with load.running(), httpx.AsyncClient(base_url=live.url) as probe:
                 await asyncio.sleep(1.0)
-                await asyncio.to_thread(publish, exports, base, "tiny", 2)
+                await asyncio.to_thread(publish, version_exports, base, "tiny", 2)
                 for _ in range(300):  # 30 s at most for v2 to load and v1 to unload
                     ready.append((await probe.get("/readyz")).status_code)
                     if any(e[1:] == ("tiny", 1, "END") for e in server.manager.events):
@@ -193,7 +69,10 @@ def test_rolling_v1_to_v2_under_open_loop_load_loses_nothing(
         unloaded_at = end_of(server, "tiny", 1)
     assert load.statuses() == {200: len(load.sent)}, [s.error or s.body for s in load.sent]
     assert set(ready) == {200}
-    expected = {1: pictures.expected(exports.tiny1), 2: pictures.expected(exports.tiny2)}
+    expected = {
+        1: pictures.expected(version_exports.tiny1),
+        2: pictures.expected(version_exports.tiny2),
+    }
     assert np.abs(expected[1] - expected[2]).max() > 1e-3  # the label can be told from scores
     for sent in load.sent:
         assert sent.version is not None
@@ -207,11 +86,11 @@ def test_rolling_v1_to_v2_under_open_loop_load_loses_nothing(
 
 
 def test_a_batch_sent_to_a_version_that_went_away_is_retried_on_the_new_one(
-    exports: Exports, tmp_path: Path
+    version_exports: Exports, tmp_path: Path
 ) -> None:
     """The gateway has not polled since v2 replaced v1 (its poll interval is long): the
     request goes to v1, meets NOT_FOUND `Specific(tiny, 1)`, and is answered by v2 at once."""
-    base = base_with(exports, tmp_path / "models", tiny=[1])
+    base = base_with(version_exports, tmp_path / "models", tiny=[1])
     config = write_config(tmp_path / "models.config", {"tiny": base / "tiny"})
     blob = Pictures(1, seed=3).blobs[0]
     with standin_and_gateway(base, config, tmp_path, version_poll_interval_s=600) as (
@@ -220,7 +99,7 @@ def test_a_batch_sent_to_a_version_that_went_away_is_retried_on_the_new_one(
     ):
         first = classify(live.url, blob)
         assert first.status_code == 200 and first.json()["model"]["version"] == 1
-        publish(exports, base, "tiny", 2)
+        publish(version_exports, base, "tiny", 2)
         assert server.wait_for_state("tiny", 1, "END", 30)
         r = classify(live.url, blob)
         errors = live.app.state.gateway.metrics.registry.get_sample_value(
@@ -240,9 +119,9 @@ def test_a_batch_sent_to_a_version_that_went_away_is_retried_on_the_new_one(
     ],
 )  # fmt: skip
 def test_unknown_version_or_label_is_a_clear_404(
-    exports: Exports, tmp_path: Path, params: dict[str, Any], code: str, detail: str
+    version_exports: Exports, tmp_path: Path, params: dict[str, Any], code: str, detail: str
 ) -> None:
-    base = base_with(exports, tmp_path / "models", tiny=[1, 2])
+    base = base_with(version_exports, tmp_path / "models", tiny=[1, 2])
     config = write_config(
         tmp_path / "models.config", {"tiny": base / "tiny"}, labels={"tiny": {"stable": 1}},
         policies={"tiny": "specific { versions: 1 versions: 2 }"},
@@ -257,10 +136,10 @@ def test_unknown_version_or_label_is_a_clear_404(
     assert (r.json()["error"], r.json()["detail"]) == (code, detail)
 
 
-def test_one_gateway_serves_every_model(exports: Exports, tmp_path: Path) -> None:
+def test_one_gateway_serves_every_model(version_exports: Exports, tmp_path: Path) -> None:
     """Each model with its own contract, versions, batcher and metrics; /v1/classify keeps
     the default one; /v1/models lists them all."""
-    base = base_with(exports, tmp_path / "models", tiny=[1], other=[1])
+    base = base_with(version_exports, tmp_path / "models", tiny=[1], other=[1])
     config = write_config(
         tmp_path / "models.config", {"tiny": base / "tiny", "other": base / "other"}
     )
@@ -281,7 +160,7 @@ def test_one_gateway_serves_every_model(exports: Exports, tmp_path: Path) -> Non
     assert default.json()["model"] == named.json()["model"] == {"name": "tiny", "version": 1}
     assert other.json()["model"] == {"name": "other", "version": 1}
     np.testing.assert_allclose(
-        scores(other.json()), pictures.expected(exports.other1)[0], atol=1e-4
+        scores(other.json()), pictures.expected(version_exports.other1)[0], atol=1e-4
     )
     assert missing.status_code == 404 and missing.json()["error"] == "model_not_found"
     assert [(m["name"], m["default"], m["version"]) for m in listing["models"]] == [
@@ -293,25 +172,16 @@ def test_one_gateway_serves_every_model(exports: Exports, tmp_path: Path) -> Non
     assert counted == 1
 
 
-def canary_config(tmp_path: Path, base: Path) -> Path:
-    """tiny v1 labelled stable and v2 labelled canary, both served."""
-    return write_config(
-        tmp_path / "models.config", {"tiny": base / "tiny"},
-        labels={"tiny": {"stable": 1, "canary": 2}},
-        policies={"tiny": "specific { versions: 1 versions: 2 }"},
-    )  # fmt: skip
-
-
 def default_versions(url: str, blob: bytes, n: int) -> list[int]:
     return [classify(url, blob).json()["model"]["version"] for _ in range(n)]
 
 
 def test_the_canary_share_set_on_one_process_holds_in_another(
-    exports: Exports, tmp_path: Path
+    version_exports: Exports, tmp_path: Path
 ) -> None:
     """Two gateway processes behind the same model server share `shared_state_dir`: the
     admin call reaches one, the default traffic of both follows it."""
-    base = base_with(exports, tmp_path / "models", tiny=[1, 2])
+    base = base_with(version_exports, tmp_path / "models", tiny=[1, 2])
     shared = tmp_path / "shared"
     admin = {"admin_keys": ("k3y",), "shared_state_dir": shared}
     blob = Pictures(1, seed=2).blobs[0]
@@ -361,11 +231,11 @@ def test_the_canary_share_set_on_one_process_holds_in_another(
 
 
 def test_a_failing_canary_falls_back_to_stable_and_counts_against_itself(
-    exports: Exports, tmp_path: Path
+    version_exports: Exports, tmp_path: Path
 ) -> None:
     """Default requests the canary fails (a 5xx) are answered by stable: the client sees no
     error, the metrics see the canary's. An explicit ?label=canary gets the error itself."""
-    base = base_with(exports, tmp_path / "models", tiny=[1, 2])
+    base = base_with(version_exports, tmp_path / "models", tiny=[1, 2])
     blob = Pictures(1, seed=4).blobs[0]
     with standin_and_gateway(
         base, canary_config(tmp_path, base), tmp_path, canary_fraction=1.0
@@ -422,11 +292,11 @@ def test_admin_api_refuses_bad_calls(
 
 
 def test_the_embedded_backend_follows_a_new_version_directory(
-    exports: Exports, tmp_path: Path
+    version_exports: Exports, tmp_path: Path
 ) -> None:
     """Load beside, switch, drop the old: under open-loop load every answer is 200 and
     labelled truthfully, and v1 is unloaded once v2 serves."""
-    base = base_with(exports, tmp_path / "models", tiny=[1])
+    base = base_with(version_exports, tmp_path / "models", tiny=[1])
     settings = Settings(
         backend="embedded", model_base_path=base, model_name="tiny", max_wait_ms=2.0,
         decode_workers=2, request_timeout_s=20.0, version_poll_interval_s=0.2,
@@ -439,7 +309,7 @@ def test_the_embedded_backend_follows_a_new_version_directory(
             load = OpenLoop(live.url, "/v1/classify", pictures.blobs, rate_hz=30.0)
             async with load.running():
                 await asyncio.sleep(0.8)
-                await asyncio.to_thread(publish, exports, base, "tiny", 2)
+                await asyncio.to_thread(publish, version_exports, base, "tiny", 2)
                 for _ in range(300):
                     if 1 not in backend._versions["tiny"]:  # unloaded and forgotten
                         break
@@ -451,7 +321,10 @@ def test_the_embedded_backend_follows_a_new_version_directory(
         states = asyncio.run(backend.versions("tiny")).states
     assert states == {2: "AVAILABLE"}
     assert load.statuses() == {200: len(load.sent)}, [s.error or s.body for s in load.sent]
-    expected = {1: pictures.expected(exports.tiny1), 2: pictures.expected(exports.tiny2)}
+    expected = {
+        1: pictures.expected(version_exports.tiny1),
+        2: pictures.expected(version_exports.tiny2),
+    }
     for sent in load.sent:
         assert sent.version is not None
         np.testing.assert_allclose(
