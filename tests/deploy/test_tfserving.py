@@ -232,3 +232,13 @@ def test_check_export_loads_and_runs_an_export_as_tf_serving_does(exported_model
     assert "ok   every op and attr is registered" in result.stdout
     # 4 client calls (contract.signatures.CLIENT_CALLS) x 4 buckets
     assert "ok   ran 16 warmup records through the Session" in result.stdout
+
+
+@pytest.mark.parametrize("source", ["compose", "k8s"])
+def test_tfserving_restarts_with_a_labelled_models_config(source: str) -> None:
+    """A rollout leaves `version_labels` in models.config. When TF Serving restarts nothing is
+    loaded yet, and without this flag it refuses labels on versions not AVAILABLE
+    (server_core.cc, UpdateModelVersionLabelMap): it would not start at all."""
+    flags = compose_flags() if source == "compose" else k8s_flags()
+    assert flags["allow_version_labels_for_unavailable_models"] == "true"
+    assert int(flags["model_config_file_poll_wait_seconds"]) > 0  # it re-reads the file
