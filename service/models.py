@@ -248,6 +248,7 @@ class ModelRegistry:
         task = self._refreshing.get(name)
         if task is None or task.done():
             task = asyncio.create_task(self._refresh(self.models[name]), name=f"refresh-{name}")
+            task.add_done_callback(_retrieve)  # every caller may have left before it ended
             self._refreshing[name] = task
         await asyncio.shield(task)  # a caller out of time must not cancel it for the others
 
@@ -417,3 +418,9 @@ class ModelRegistry:
             for slot in served.slots.values()
         ]
         await asyncio.gather(*closing, *self._retiring, return_exceptions=True)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a refresh's failure as seen (its callers got it, or gave up waiting)."""
+    if not task.cancelled():
+        task.exception()
