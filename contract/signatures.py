@@ -22,7 +22,9 @@ SIGNATURE_BYTES = "serving_bytes"  # string [batch] JPEG/PNG bytes -> outputs be
 # --enable_batching is on, and a batched Run must have an input with a 0th dimension
 # (batching_util.h, ComputeTensorBatchSize: "Batching Run() must have at least one input
 # tensor") and outputs of rank >= 1 (batching_session.cc, SplitOutputTensors): hence the
-# dummy input and one manifest per row rather than a zero-input, scalar-output signature.
+# dummy input and one manifest per row rather than a zero-input, scalar-output signature. A
+# string output splits back per task like any other (TF core/framework/tensor_util.cc, Split
+# copies DT_STRING element by element).
 SIGNATURE_MANIFEST = "serving_manifest"
 INPUT_PIXELS = "images"
 INPUT_BYTES = "image_bytes"
