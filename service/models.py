@@ -193,7 +193,9 @@ class ModelRegistry:
             )
             for name in settings.served_models()
         }
-        self._refreshing: dict[str, asyncio.Task[None]] = {}
+        # The last ask per model and its number: asks are numbered so a caller can wait for
+        # one that began after the one it saw.
+        self._refreshing: dict[str, tuple[asyncio.Task[None], int]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
         self._random = random.Random()
@@ -243,14 +245,22 @@ class ModelRegistry:
                 except Exception:
                     log.exception("model %s: following its versions failed", name)
 
-    async def refresh(self, name: str) -> None:
-        """Ask the backend about `name`'s versions now; concurrent callers share one ask."""
-        task = self._refreshing.get(name)
-        if task is None or task.done():
-            task = asyncio.create_task(self._refresh(self.models[name]), name=f"refresh-{name}")
-            task.add_done_callback(_retrieve)  # every caller may have left before it ended
-            self._refreshing[name] = task
-        await asyncio.shield(task)  # a caller out of time must not cancel it for the others
+    async def refresh(self, name: str, *, newer_than: int = 0) -> int:
+        """Ask the backend about `name`'s versions now; concurrent callers share one ask.
+        Returns the ask's number; `newer_than` waits out asks up to that number and joins
+        (or makes) a later one: a caller whose ask began before a version went away."""
+        while True:
+            task, number = self._refreshing.get(name, (None, 0))
+            if task is None or task.done():
+                number += 1
+                task = asyncio.create_task(self._refresh(self.models[name]), name=f"refresh-{name}")
+                task.add_done_callback(_retrieve)  # every caller may have left before it ended
+                self._refreshing[name] = (task, number)
+            if number > newer_than:
+                await asyncio.shield(task)  # a caller out of time must not cancel it for others
+                return number
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)  # too early for this caller: wait it out, ask again
 
     async def _refresh(self, served: ServedModel) -> None:
         view = await self._backend.versions(served.name, self._settings.version_labels)
@@ -268,6 +278,11 @@ class ModelRegistry:
                 continue
             except VersionGone:
                 continue  # unloaded while we asked: nothing to serve
+            except GatewayError as exc:  # the server failed to answer: ask again next time
+                log.warning(
+                    "model %s v%d: contract not read yet: %s", served.name, version, exc.detail
+                )
+                continue
             served.slots[version] = await self._open(served.name, version, manifest)
             log.info(
                 "model %s v%d serving (%s)", served.name, version, self._describe(served, version)
@@ -354,7 +369,9 @@ class ModelRegistry:
         except (VersionGone, ShuttingDown) as exc:
             if isinstance(exc, ShuttingDown) and not slot.retired:
                 raise  # the gateway itself is shutting down
-            await self._refresh_by(served.name, deadline)
+            asked = await self._refresh_by(served.name, deadline)
+            if slot.version in served.slots:  # that ask began before the version went away
+                await self._refresh_by(served.name, deadline, newer_than=asked)
             again = self.route(served, choice)
             if again.slot is slot or again.slot.retired:
                 raise VersionGone(
@@ -392,10 +409,10 @@ class ModelRegistry:
             return pixels
         return await decode(to.manifest)
 
-    async def _refresh_by(self, name: str, deadline: float) -> None:
+    async def _refresh_by(self, name: str, deadline: float, *, newer_than: int = 0) -> int:
         try:
             async with asyncio.timeout_at(deadline):
-                await self.refresh(name)
+                return await self.refresh(name, newer_than=newer_than)
         except TimeoutError:
             raise DeadlineExceeded(
                 f"request budget ran out while model {name!r} changed versions"
@@ -406,7 +423,7 @@ class ModelRegistry:
     async def close(self, *, timeout_s: float | None) -> None:
         """Stop following; flush every batcher within `timeout_s`."""
         watch, self._watch = self._watch, None
-        tasks = [t for t in (watch, *self._refreshing.values()) if t is not None]
+        tasks = [t for t in (watch, *(t for t, _ in self._refreshing.values())) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:

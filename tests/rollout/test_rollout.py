@@ -69,24 +69,24 @@ def test_a_rollout_promotes_a_good_candidate_and_rolls_back_a_bad_one(
     lines: list[str] = []
     gateway = {"admin_keys": (KEY,), "shared_state_dir": tmp_path / "shared"}
     with standin_and_gateway(base, config, tmp_path, **gateway) as (server, live):
-        # A fault makes the stand-in's v2 slow or failing once it is loaded (its contract
-        # read by the gateway first, as a real bad model's would be).
+        # A fault makes the stand-in's v2 slow or failing once the canary steps begin (the
+        # gateway has read its contract by then, as it would a real bad model's).
         plan = Plan(
             model="tiny", candidate=2, models_config=config, steps=(0.25, 0.5, 1.0),
             window_s=2.0, limits=LIMITS, load_timeout_s=60, gateway_timeout_s=30,
             reassert_s=1.0,
         )  # fmt: skip
-        modelserver = ModelServer(server.address)
-        rollout = Rollout(plan, modelserver, [Gateway(live.url, admin_key=KEY)], say=lines.append)
         armed: list[bool] = []
 
-        def arm_when_canary(line: str) -> None:
+        def arm_at_the_first_step(line: str) -> None:
             lines.append(line)
-            if "canary" in line and "models.config" in line and not armed:
+            if line.startswith("step ") and not armed:
                 armed.append(True)
                 candidate(server)
 
-        rollout._say = arm_when_canary
+        modelserver = ModelServer(server.address)
+        gateways = [Gateway(live.url, admin_key=KEY)]
+        rollout = Rollout(plan, modelserver, gateways, say=arm_at_the_first_step)
 
         async def scenario() -> tuple[OpenLoop, Outcome]:
             load = OpenLoop(live.url, "/v1/classify", pictures.blobs, rate_hz=40.0)
