@@ -71,10 +71,12 @@ def test_a_rollout_promotes_a_good_candidate_and_rolls_back_a_bad_one(
     with standin_and_gateway(base, config, tmp_path, **gateway) as (server, live):
         # A fault makes the stand-in's v2 slow or failing once the canary steps begin (the
         # gateway has read its contract by then, as it would a real bad model's).
+        # The good one goes by the file alone, as TF Serving's poll of models.config reads
+        # it (`--no-reload`); the others also send HandleReloadConfigRequest (the default).
         plan = Plan(
             model="tiny", candidate=2, models_config=config, steps=(0.25, 0.5, 1.0),
             window_s=2.0, limits=LIMITS, load_timeout_s=60, gateway_timeout_s=30,
-            reassert_s=1.0,
+            reassert_s=1.0, reload_rpc=candidate is not good,
         )  # fmt: skip
         armed: list[bool] = []
 
@@ -150,3 +152,24 @@ def test_pin_serves_the_newest_version_alone_labelled_stable(
 def test_a_plan_that_makes_no_sense_is_refused(changes: dict[str, Any], match: str) -> None:
     with pytest.raises(RolloutError, match=match):
         Plan(model="tiny", candidate=2, models_config=Path("models.config"), **changes)
+
+
+def test_the_cli_pins_and_refuses_a_bad_plan_in_one_line(
+    version_exports: Exports, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from resnet_serving.cli import main
+
+    base = base_with(version_exports, tmp_path / "models", tiny=[1])
+    config = write_config(tmp_path / "models.config", {"tiny": base / "tiny"})
+    with standin_and_gateway(base, config, tmp_path) as (server, live):
+        common = ["--model", "tiny", "--models-config", str(config), "--tfserving", server.address]
+        assert main(["rollout", "pin", *common]) == 0
+        bad = ["rollout", "run", *common, "--version", "2", "--gateway", live.url]
+        assert main([*bad, "--steps", "50,25"]) == 2
+        assert main([*bad, "--steps", "five"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "rollout: models.config: serve v1; stable -> v1: pinned\n"
+    assert err.splitlines() == [
+        "error: steps must be increasing shares in (0, 1]. Received: steps=[0.5, 0.25]",
+        "error: --steps must be percents like 5,25,100. Received: 'five'",
+    ]
