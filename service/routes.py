@@ -1,7 +1,10 @@
 """The classification API: read images from the request, decode them off the loop, batch, answer.
 
 Three ways to send images: multipart files (field `image` or `images`, repeated), one raw
-image body (`Content-Type: image/*`), or JSON `{"images": ["<base64>", ...]}`.
+image body (`Content-Type: image/*`), or JSON `{"images": ["<base64>", ...]}`. A request goes
+to one version of one model (`service.models`): the default model at `/v1/classify`, any
+served model at `/v1/models/{name}/classify`; `?version=N` or `?label=L` picks a version, and
+every answer names the version that answered it.
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ from service.errors import (
     EmptyImage,
     GatewayError,
     InvalidParameter,
-    ModelNotFound,
     RequestTimeout,
     TooManyImages,
     UnsupportedMediaType,
 )
+from service.models import Choice, ModelRegistry, ServedModel
 from service.openapi_docs import (
     API_ERRORS,
     CLASSIFY_ERRORS,
@@ -41,6 +44,7 @@ from service.openapi_docs import (
     error_responses,
 )
 from service.schemas import (
+    CanaryInfo,
     ClassifyResponse,
     ModelInfo,
     ModelRef,
@@ -48,6 +52,8 @@ from service.schemas import (
     Prediction,
     Score,
     Timing,
+    UnavailableModel,
+    VersionInfo,
     json_response,
 )
 from service.settings import Settings
@@ -63,13 +69,25 @@ TopK = Annotated[
     int | None,
     Query(ge=1, description="How many classes per image (1..number of labels)."),
 ]
+Version = Annotated[
+    int | None,
+    Query(ge=1, description="Serve with this model version (404 if it is not served now)."),
+]
+Label = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=64,
+        description="Serve with the version this label names on the model server, e.g. "
+        "`canary` (404 if the label is not set). Not with `version`.",
+    ),
+]
 
 
 _OK_DOC: dict[int | str, dict[str, Any]] = {
     200: {"description": "One prediction per image, in request order."}
 }
 CLASSIFY_DOC = {**_OK_DOC, **error_responses(*CLASSIFY_ERRORS)}
-CLASSIFY_NAMED_DOC = {**_OK_DOC, **error_responses(*sorted({*CLASSIFY_ERRORS, 404}))}
 
 
 @router.post(
@@ -77,40 +95,79 @@ CLASSIFY_NAMED_DOC = {**_OK_DOC, **error_responses(*sorted({*CLASSIFY_ERRORS, 40
     response_model=ClassifyResponse,
     responses=CLASSIFY_DOC,
     openapi_extra=CLASSIFY_REQUEST_BODY,
-    summary="Classify one or more images with the served model",
+    summary="Classify one or more images with the default model",
 )
-async def classify(request: Request, state: StateDep, top_k: TopK = None) -> Response:
-    return await _classify(request, state, top_k)
+async def classify(
+    request: Request,
+    state: StateDep,
+    top_k: TopK = None,
+    version: Version = None,
+    label: Label = None,
+) -> Response:
+    return await _classify(request, state, state.settings.model_name, top_k, version, label)
 
 
 @router.post(
     "/models/{name}/classify",
     response_model=ClassifyResponse,
-    responses=CLASSIFY_NAMED_DOC,
+    responses=CLASSIFY_DOC,
     openapi_extra=CLASSIFY_REQUEST_BODY,
     summary="Classify with a named model (404 for a model this gateway does not serve)",
 )
 async def classify_named(
-    name: str, request: Request, state: StateDep, top_k: TopK = None
+    name: str,
+    request: Request,
+    state: StateDep,
+    top_k: TopK = None,
+    version: Version = None,
+    label: Label = None,
 ) -> Response:
-    if name != state.settings.model_name:
-        raise ModelNotFound(
-            f"this gateway serves model {state.settings.model_name!r}. Received: name={name!r}"
-        )
-    return await _classify(request, state, top_k)
+    return await _classify(request, state, name, top_k, version, label)
 
 
 @router.get(
     "/models",
     response_model=ModelsResponse,
     responses=error_responses(*API_ERRORS),
-    summary="The served model, its input contract and batching",
+    summary="The served models: each one's contract, versions, labels and canary",
 )
 async def list_models(state: StateDep) -> Response:
-    m = state.serving().manifest
-    info = ModelInfo(
-        name=m.model_name,
-        version=m.model_version,
+    models = state.serving().models
+    listed, unavailable = [], []
+    for served in models.models.values():
+        info = _model_info(served, models, state)
+        if info is None:
+            unavailable.append(UnavailableModel(name=served.name, reason=served.why_not_serving()))
+        else:
+            listed.append(info)
+    return json_response(ModelsResponse(models=listed, unavailable=unavailable))
+
+
+def _model_info(
+    served: ServedModel, models: ModelRegistry, state: GatewayState
+) -> ModelInfo | None:
+    current = served.current()
+    if current is None:
+        return None
+    m = current.manifest
+    canary = served.canary()
+    labels_of: dict[int, list[str]] = {}
+    for label, v in sorted(served.labels.items()):
+        labels_of.setdefault(v, []).append(label)
+    versions = [
+        VersionInfo(
+            version=v,
+            state=served.states.get(v, "AVAILABLE"),
+            serving=v in served.slots,
+            labels=labels_of.get(v, []),
+            error=served.rejected.get(v) or served.errors.get(v),
+        )
+        for v in sorted(set(served.states) | set(served.slots), reverse=True)
+    ]
+    return ModelInfo(
+        name=served.name,
+        default=served is models.default,
+        version=current.version,
         architecture=m.architecture,
         backend=state.backend.name,
         input=m.input,
@@ -120,23 +177,43 @@ async def list_models(state: StateDep) -> Response:
         batch_buckets=list(m.batch_buckets),
         precision=m.precision,
         xla_compiled=m.xla_compiled,
+        versions=versions,
+        labels=dict(served.labels),
+        canary=CanaryInfo(
+            version=canary.version if canary is not None else None,
+            fraction=state.traffic.fraction(served.name),
+        ),
     )
-    return json_response(ModelsResponse(models=[info]))
 
 
-async def _classify(request: Request, state: StateDep, top_k: int | None) -> Response:
+async def _classify(
+    request: Request,
+    state: StateDep,
+    name: str,
+    top_k: int | None,
+    version: int | None,
+    label: str | None,
+) -> Response:
     loop = asyncio.get_running_loop()
     # Deadlines run on the loop's clock (asyncio.timeout_at); durations on perf_counter, since
     # uvloop's loop.time() ticks in whole milliseconds.
     started_pc = time.perf_counter()
     deadline = loop.time() + state.settings.request_timeout_s
-    batcher, manifest, decode_pool = state.serving()
-    k = _resolve_top_k(top_k, state.settings, manifest)
+    models, decode_pool = state.serving()
+    if version is not None and label is not None:
+        raise InvalidParameter(
+            f"ask for a version or a label, not both. Received: version={version}, label={label!r}"
+        )
+    served = models.model(name)
+    choice = Choice(version, label)
+    route = models.route(served, choice)
+    k = _resolve_top_k(top_k, state.settings, route.slot.manifest)
     breaker = state.backend.breaker
     if breaker is not None:  # model server known down: 503 now, not after a wait in the queue
         breaker.fail_fast()
     # Overloaded: shed now, before spending CPU on reading and decoding (submit checks again).
-    batcher.check_admission(1, deadline=deadline)
+    route = models.admit(route, deadline=deadline)
+    manifest = route.slot.manifest
 
     budget = state.settings.request_timeout_s
     try:
@@ -148,20 +225,28 @@ async def _classify(request: Request, state: StateDep, top_k: int | None) -> Res
             f"(request_timeout_s={budget:g})"
         ) from None
     read_s = time.perf_counter() - started_pc
-    t0 = time.perf_counter()
-    try:
-        async with asyncio.timeout_at(deadline):
-            pixels = await _decode_all(blobs, manifest, state, decode_pool)
-    except TimeoutError:
-        raise DeadlineExceeded(
-            f"request budget of {budget:g} s ran out while decoding {len(blobs)} image(s) "
-            f"({time.perf_counter() - t0:.2f} s decoding, after {read_s:.2f} s reading the body)"
-        ) from None
-    decode_s = time.perf_counter() - t0
-    for _, seconds in pixels:
-        state.metrics.decode_seconds.observe(seconds)
 
-    results = await batcher.submit([p for p, _ in pixels], deadline=deadline)
+    async def decode(for_manifest: Manifest) -> list[np.ndarray]:
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout_at(deadline):
+                pixels = await _decode_all(blobs, for_manifest, state, decode_pool)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"request budget of {budget:g} s ran out while decoding {len(blobs)} image(s) "
+                f"({time.perf_counter() - t0:.2f} s decoding, after {read_s:.2f} s reading "
+                "the body)"
+            ) from None
+        for _, seconds in pixels:
+            state.metrics.decode_seconds.observe(seconds)
+        return [p for p, _ in pixels]
+
+    t0 = time.perf_counter()
+    pixels = await decode(manifest)
+    decode_s = time.perf_counter() - t0
+
+    answer = await models.predict(served, choice, route, pixels, decode, deadline=deadline)
+    results, answered = answer.results, answer.slot
     queue_s = max(r.queue_s for r in results)
     backend_s = max(r.backend_s for r in results)
     for r in results:
@@ -169,6 +254,13 @@ async def _classify(request: Request, state: StateDep, top_k: int | None) -> Res
     state.metrics.images.inc(len(results))
 
     total_s = time.perf_counter() - started_pc
+    m = answered.manifest
+    k = min(k, m.num_classes)  # a retry may have landed on a version with fewer labels
+    predictions = [Prediction(top_k=_top_k(r.probabilities, k, m)) for r in results]
+    state.metrics.observe_version(served.name, answered.version, ok=True, seconds=total_s)
+    state.metrics.observe_top1(
+        served.name, answered.version, [p.top_k[0].label for p in predictions]
+    )
     timing = Timing(
         decode=round(decode_s * 1000, 3),
         queue=round(queue_s * 1000, 3),
@@ -176,11 +268,11 @@ async def _classify(request: Request, state: StateDep, top_k: int | None) -> Res
         total=round(total_s * 1000, 3),
     )
     body = ClassifyResponse(
-        model=ModelRef(name=manifest.model_name, version=manifest.model_version),
-        predictions=[Prediction(top_k=_top_k(r.probabilities, k, manifest)) for r in results],
+        model=ModelRef(name=served.name, version=answered.version),
+        predictions=predictions,
         timing_ms=timing,
     )
-    server_timing = ", ".join(f"{name};dur={ms}" for name, ms in timing)
+    server_timing = ", ".join(f"{part};dur={ms}" for part, ms in timing)
     return json_response(body, headers={"Server-Timing": server_timing})
 
 

@@ -12,22 +12,36 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from contract.manifest import LABELS_RELPATH, WARMUP_RELPATH, read_manifest
+from contract.manifest import (
+    LABELS_RELPATH,
+    MANIFEST_RELPATH,
+    WARMUP_RELPATH,
+    parse_manifest,
+    read_manifest,
+)
 from contract.signatures import (
     CLIENT_CALLS,
     INPUT_BYTES,
+    INPUT_MANIFEST,
     INPUT_PIXELS,
+    OUTPUT_MANIFEST,
     OUTPUT_PROBABILITIES,
     OUTPUT_TOP_K_IDS,
     OUTPUT_TOP_K_SCORES,
     SIGNATURE_BYTES,
+    SIGNATURE_MANIFEST,
     SIGNATURE_PIXELS,
 )
 from contract.tfs_config import (
     BATCHING_CONFIG,
     MODELS_CONFIG,
+    STABLE_LABEL,
+    model_entry,
+    pinned_versions,
     read_batching_parameters,
     read_models_config,
+    with_versions,
+    write_text_proto,
 )
 from model_builder.artifacts import RunInfo
 from model_builder.errors import ExportError
@@ -158,13 +172,46 @@ def test_warmup_records_cover_each_client_call_and_bucket(exported: Any, loaded:
         if sig == SIGNATURE_PIXELS:
             assert batch.dtype == np.uint8 and batch.shape[1:] == (16, 16, 3)
             assert len(request.SerializeToString()) < 200  # not 16*16*3 bytes per image
+        elif sig == SIGNATURE_MANIFEST:
+            assert (name, batch.dtype, batch.ndim) == (INPUT_MANIFEST, np.int32, 1)
         else:
             assert (sig, name, batch.dtype) == (SIGNATURE_BYTES, INPUT_BYTES, object)
             assert tf.io.decode_jpeg(batch[0]).shape == (16, 16, 3)
         out = loaded.signatures[sig](**{name: tf.constant(batch)})
-        assert out[OUTPUT_PROBABILITIES].shape[0] == batch.shape[0]
+        assert next(iter(out.values())).shape[0] == batch.shape[0]
         seen.append((sig, tuple(request.output_filter), batch.shape[0]))
     assert seen == [(c.signature, c.output_filter, n) for c in CLIENT_CALLS for n in (1, 2, 4)]
+
+
+def test_manifest_signature_returns_the_manifest_file(exported: Any, loaded: Any) -> None:
+    """The contract over gRPC: one row per input row, each the very bytes of manifest.json."""
+    import tensorflow as tf
+
+    text = (exported.version_dir / MANIFEST_RELPATH).read_bytes()
+    fn = loaded.signatures[SIGNATURE_MANIFEST]
+    rows = fn(**{INPUT_MANIFEST: tf.constant([7, 0, -1], tf.int32)})[OUTPUT_MANIFEST].numpy()
+    assert rows.shape == (3,) and all(row == text for row in rows)
+    assert parse_manifest(rows[0], where="signature") == read_manifest(exported.version_dir)
+
+
+def test_a_new_export_keeps_the_pinned_versions_and_labels(exported: Any, tmp_path: Path) -> None:
+    """A rollout pins the served versions in models.config; exporting the next candidate
+    must not undo that (TF Serving would load it at once under the default latest policy)."""
+    import shutil
+
+    base = tmp_path / "models"
+    shutil.copytree(exported.model_base, base)
+    config = base / MODELS_CONFIG
+    write_text_proto(
+        config, with_versions(read_models_config(config), "tiny", [1], {STABLE_LABEL: 1})
+    )
+    export_model(
+        exported.model, model_base=base, name="tiny", version=2,
+        run_info=exported.run_info, buckets=(1, 2, 4), top_k=3,
+    )  # fmt: skip
+    entry = model_entry(read_models_config(config), "tiny")
+    assert pinned_versions(entry) == [1]
+    assert dict(entry.version_labels) == {STABLE_LABEL: 1}
 
 
 def test_configs_written_beside_models(exported: Any) -> None:

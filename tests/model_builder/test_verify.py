@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from contract.manifest import LABELS_RELPATH, MANIFEST_RELPATH, WARMUP_RELPATH
-from contract.signatures import CLIENT_CALLS, GATEWAY_CALL, SIGNATURE_BYTES, ClientCall
+from contract.signatures import (
+    CLIENT_CALLS,
+    GATEWAY_CALL,
+    MANIFEST_CALL,
+    SIGNATURE_BYTES,
+    ClientCall,
+)
 from model_builder.errors import VerifyError
 from model_builder.verify import (
     _check_xla,
@@ -35,6 +41,18 @@ def test_good_export_passes_every_check(exported: Any) -> None:
     assert report.ok
     assert report.max_abs_diff is not None and report.max_abs_diff < 1e-4
     assert "same top-1" in next(c.detail for c in report.checks if c.name == "parity")
+
+
+def test_manifest_file_edited_after_export_fails(exported: Any, tmp_path: Path) -> None:
+    """The file and `serving_manifest` are one contract: a gateway reading either must see
+    the same one, so an edit to the file alone is caught."""
+    version_dir = _copy(exported, tmp_path)
+    path = version_dir / MANIFEST_RELPATH
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace('"created_at": "', '"created_at": "edited '), encoding="utf-8")
+    [failed] = check_export(version_dir, use_cli=False).failed
+    assert failed.name == "warmup"
+    assert "serving_manifest does not return assets.extra/manifest.json" in failed.detail
 
 
 def test_edited_labels_fail_with_the_line(exported: Any, tmp_path: Path) -> None:
@@ -62,6 +80,11 @@ def test_edited_labels_fail_with_the_line(exported: Any, tmp_path: Path) -> None
             [c for c in CLIENT_CALLS if c.signature != SIGNATURE_BYTES],
             (1, 2, 4),
             "serving_bytes batch 1 -> probabilities,top_k_ids,top_k_scores",
+        ),
+        (  # the gateway reading the contract of a new version
+            [c for c in CLIENT_CALLS if c != MANIFEST_CALL],
+            (1, 2, 4),
+            "serving_manifest batch 1 -> manifest'",
         ),
     ],
 )

@@ -15,7 +15,7 @@ from service.admission import QueueWaitEstimate
 from service.app import create_app
 from service.batcher import MicroBatcher
 from service.errors import QueueFull
-from tests.service.conftest import LABELS, gateway_settings
+from tests.service.conftest import LABELS, OneVersion, gateway_settings
 from tests.service.conftest import serving as serve_app
 from tests.service.test_api import MANIFEST as API_MANIFEST
 from tests.service.test_api import DoubleBackend, pixel
@@ -203,7 +203,7 @@ def test_an_overloaded_gateway_sheds_before_reading_the_body() -> None:
     assert registry.get_sample_value("gateway_decode_seconds_count") == 2  # refused: not decoded
 
 
-class StallingBackend:
+class StallingBackend(OneVersion):
     """Answers in `base_s + per_image_s * n`; `stall(seconds)` makes the next call that long."""
 
     name = "stalling"
@@ -228,7 +228,7 @@ class StallingBackend:
 
     async def close(self) -> None: ...
 
-    async def predict(self, images: np.ndarray, *, timeout_s: float) -> np.ndarray:
+    async def predict(self, images: np.ndarray, *, timeout_s: float, **_: object) -> np.ndarray:
         self.calls += 1
         delay, self._stall_s = self._stall_s or self.base_s + self.per_image_s * len(images), 0.0
         await asyncio.sleep(delay)

@@ -22,7 +22,7 @@ import pytest
 from contract.manifest import InputSpec, Manifest
 from service.app import create_app
 from service.errors import BackendUnavailable
-from tests.service.conftest import LABELS, MODEL_NAME, SIDE, gateway_settings, png
+from tests.service.conftest import LABELS, MODEL_NAME, SIDE, OneVersion, gateway_settings, png
 from tests.service.conftest import serving as serve_app
 
 MANIFEST = Manifest(
@@ -35,7 +35,7 @@ MANIFEST = Manifest(
 
 
 @dataclass
-class DoubleBackend:
+class DoubleBackend(OneVersion):
     """Answers a fixed distribution per image: class = first pixel's red value mod classes."""
 
     name: str = "double"
@@ -50,8 +50,6 @@ class DoubleBackend:
 
     @property
     def manifest(self) -> Manifest:
-        if isinstance(self.fail, RuntimeError) and "manifest" in str(self.fail):
-            raise self.fail
         return MANIFEST
 
     async def start(self) -> None: ...
@@ -62,7 +60,7 @@ class DoubleBackend:
     async def close(self) -> None:
         self.gate.set()
 
-    async def predict(self, images: np.ndarray, *, timeout_s: float) -> np.ndarray:
+    async def predict(self, images: np.ndarray, *, timeout_s: float, **_: object) -> np.ndarray:
         self.calls += 1
         await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 10)
         if self.fail is not None:
@@ -214,12 +212,16 @@ def test_backend_unavailable_is_503_with_retry_after(
 
 
 def test_backend_bug_is_502_and_a_gateway_bug_is_500_without_traceback(
-    api: httpx.Client, double: DoubleBackend
+    api: httpx.Client, double: DoubleBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     double.fail = ZeroDivisionError("secret internals")
     r = api.post("/v1/classify", content=pixel(1), headers={"content-type": "image/png"})
     assert "secret" not in assert_error(r, 502, "backend_error")["detail"]
-    double.fail = RuntimeError("manifest exploded: secret internals")
+
+    def bug(*args: object) -> None:
+        raise RuntimeError("manifest exploded: secret internals")
+
+    monkeypatch.setattr("service.routes._model_info", bug)
     r = api.get("/v1/models")
     body = assert_error(r, 500, "internal_error")
     assert "secret" not in r.text and "Traceback" not in r.text and body["request_id"]

@@ -18,6 +18,7 @@ from service.errors import (
     QueueFull,
     ShuttingDown,
 )
+from tests.service.conftest import OneVersion
 
 H = W = 4
 CLASSES = 8
@@ -36,7 +37,7 @@ def image(value: int) -> np.ndarray:
 
 
 @dataclass
-class RecordingBackend:
+class RecordingBackend(OneVersion):
     """Backend double: row i of the answer encodes image i's pixel value, calls are recorded."""
 
     name: str = "double"
@@ -57,7 +58,7 @@ class RecordingBackend:
 
     async def close(self) -> None: ...
 
-    async def predict(self, images: np.ndarray, *, timeout_s: float) -> np.ndarray:
+    async def predict(self, images: np.ndarray, *, timeout_s: float, **_: object) -> np.ndarray:
         self.calls.append((images.shape[0], timeout_s))
         self.batches.append(images.copy())
         if self.gate is not None:

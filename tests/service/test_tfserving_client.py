@@ -7,8 +7,6 @@ The stand-in runs as the deploy files run TF Serving: batching on, with the expo
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ import numpy as np
 import pytest
 
 from contract import tfs_protos, wire
-from contract.manifest import MANIFEST_RELPATH
+from contract.manifest import read_manifest
 from service.backends.tfserving import TFServingBackend, probabilities
 from service.breaker import CircuitBreaker, State
 from service.errors import (
@@ -28,9 +26,16 @@ from service.errors import (
     DeadlineExceeded,
     NotReady,
     QueueFull,
+    VersionGone,
 )
 from testdoubles.standin import Fault, ServerOptions, StandIn
 from testdoubles.tfs_batching import BatchingOptions
+from tests.service.versions import (
+    export_serving_a_wrong_contract,
+    export_version,
+    export_without_manifest_signature,
+)
+from tests.testdoubles.standin_support import write_config
 
 
 def _batching(exported_model: Any, **changes: Any) -> ServerOptions:
@@ -51,8 +56,8 @@ def standin(exported_model: Any) -> Iterator[StandIn]:
 def _client(exported_model: Any, address: str, **kwargs: Any) -> TFServingBackend:
     options: dict[str, Any] = {
         "address": address,
-        "model_name": exported_model.name,
-        "model_base": exported_model.model_base,
+        "model_name": "tiny",
+        "model_base": exported_model.model_base if exported_model else Path("unused"),
         "connect_timeout_s": 2.0,
         "startup_timeout_s": 5.0,
         "ready_cache_s": 0.0,
@@ -190,17 +195,46 @@ async def test_wrong_model_name_fails_start(exported_model: Any, standin: StandI
         await backend.start()
 
 
-async def test_manifest_mismatch_fails_start(
+async def test_served_contract_that_does_not_match_the_signature_fails_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    export_serving_a_wrong_contract(tmp_path, 1, seed=0, monkeypatch=monkeypatch)
+    with StandIn(tmp_path, "tiny") as server:
+        backend = _client(None, server.address, model_base=tmp_path)
+        with pytest.raises(BackendStartupError, match=r"expected uint8\[\?,16,8,3\]"):
+            await backend.start()
+
+
+async def test_the_contract_comes_over_grpc_without_the_model_files(
     exported_model: Any, standin: StandIn, tmp_path: Path
 ) -> None:
-    shutil.copytree(exported_model.model_base, tmp_path, dirs_exist_ok=True)
-    manifest = tmp_path / "tiny" / "1" / MANIFEST_RELPATH
-    raw = json.loads(manifest.read_text())
-    raw["input"]["height"] = 16
-    manifest.write_text(json.dumps(raw))
+    """No model volume: `model_base` is an empty folder, the manifest comes from
+    `serving_manifest` and equals the file the export wrote."""
     backend = _client(exported_model, standin.address, model_base=tmp_path)
-    with pytest.raises(BackendStartupError, match=r"expected uint8\[\?,16,8,3\]"):
+    await backend.start()
+    try:
+        disk = read_manifest(exported_model.model_base / "tiny" / "1")
+        assert await backend.contract("tiny", 1) == disk
+        assert (await backend.predict(_images(2), timeout_s=10, version=1)).shape == (2, 3)
+    finally:
+        await backend.close()
+
+
+async def test_an_export_without_the_manifest_signature_reads_the_disk(tmp_path: Path) -> None:
+    """Older exports: the contract from `<model_base>/<name>/<version>`; without the files,
+    the error says both where it looked."""
+    base = tmp_path / "models"
+    export_without_manifest_signature(base, 1, seed=0)
+    with StandIn(base, "tiny") as server:
+        backend = _client(None, server.address, model_base=base)
         await backend.start()
+        try:
+            assert (await backend.contract("tiny", 1)).model_version == 1
+        finally:
+            await backend.close()
+        blind = _client(None, server.address, model_base=tmp_path / "nowhere")
+        with pytest.raises(BackendStartupError, match=r"no manifest at .*nowhere/tiny/1"):
+            await blind.start()
 
 
 async def test_deadline_shorter_than_the_call(exported_model: Any, standin: StandIn) -> None:
@@ -238,19 +272,44 @@ async def test_server_stop_and_restart(exported_model: Any, standin: StandIn) ->
         await backend.close()
 
 
-async def test_version_gone_is_a_backend_error(
-    exported_model: Any, standin: StandIn, tmp_path: Path
-) -> None:
-    """The pinned version unloaded behind our back: NOT_FOUND -> BackendError with its message."""
+async def test_a_version_gone_is_version_gone(exported_model: Any, standin: StandIn) -> None:
+    """A version TF Serving does not serve (any more): NOT_FOUND `Servable not found for
+    request: Specific(tiny, 9)` -> VersionGone (503), which the gateway retries elsewhere."""
     backend = _client(exported_model, standin.address)
     await backend.start()
-    backend._version = 9  # as if TF Serving had moved on from the version we checked
     try:
-        with pytest.raises(BackendError, match=r"NOT_FOUND.*Servable not found"):
-            await backend.predict(_images(1), timeout_s=5)
-        assert not await backend.ready()
+        with pytest.raises(
+            VersionGone, match=r"Servable not found for request: Specific\(tiny, 9\)"
+        ):
+            await backend.predict(_images(1), timeout_s=5, version=9)
+        assert await backend.ready()  # the model itself still serves
     finally:
         await backend.close()
+
+
+async def test_versions_report_states_and_labels(tmp_path: Path) -> None:
+    """GetModelStatus for the states, GetModelMetadata by label for what each label names;
+    a label that is not set is simply absent."""
+    base = tmp_path / "models"
+    export_version(base, 1, seed=0)
+    export_version(base, 2, seed=1)
+    config = write_config(
+        tmp_path / "models.config", {"tiny": base / "tiny"}, labels={"tiny": {"stable": 1}},
+        policies={"tiny": "specific { versions: 1 versions: 2 }"},
+    )  # fmt: skip
+    # Labels at the first load need this flag (server_core.cc, UpdateModelVersionLabelMap).
+    options = ServerOptions(allow_version_labels_for_unavailable_models=True)
+    with StandIn(model_config_file=config, options=options) as server:
+        assert server.wait_for_state("tiny", 1, "AVAILABLE", 30)  # the first model waits for one
+        backend = _client(None, server.address, model_base=base)
+        await backend.start()
+        try:
+            view = await backend.versions("tiny", ("stable", "canary"))
+            assert view.states == {1: "AVAILABLE", 2: "AVAILABLE"} and view.available == [1, 2]
+            assert view.labels == {"stable": 1}
+            assert (await backend.versions("nosuch")).states == {}
+        finally:
+            await backend.close()
 
 
 def _rpc_error(code: grpc.StatusCode, details: str = "boom") -> grpc.aio.AioRpcError:
