@@ -45,6 +45,7 @@ class RecordingBackend:
     batches: list[np.ndarray] = field(default_factory=list)
     gate: asyncio.Event | None = None  # when set: each call waits for it
     fail_with: list[BaseException] = field(default_factory=list)  # raised by the next calls
+    delay_s: float = 0.0  # each call takes at least this long
 
     @property
     def manifest(self) -> Manifest:
@@ -62,6 +63,8 @@ class RecordingBackend:
         self.batches.append(images.copy())
         if self.gate is not None:
             await self.gate.wait()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.fail_with:
             raise self.fail_with.pop(0)
         out = np.zeros((images.shape[0], CLASSES), np.float32)
@@ -150,18 +153,29 @@ async def test_full_queue_answers_queue_full_at_once() -> None:
 
 
 async def test_expired_items_never_reach_the_backend() -> None:
+    """Two ways an item's budget ends before the model could answer it: it runs out while the
+    item waits in the queue (its caller gives up), or what is left of it when its turn comes
+    is shorter than a call takes (the batch fails it then). Neither takes a row of a call."""
     backend = RecordingBackend(gate=asyncio.Event())
     batcher = make(backend, max_batch_size=1, max_wait_ms=0)
+    for _ in range(8):
+        batcher.wait_estimate.observe(1, 5.0)  # as if calls took 5 s (one fast call: still 5 s)
     await batcher.start()
-    slow = asyncio.create_task(batcher.submit([image(1)], deadline=later()))
+    slow = asyncio.create_task(batcher.submit([image(1)], deadline=later(30.0)))
     while not backend.calls:
         await asyncio.sleep(0.001)
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlineExceeded, match="waiting for the model"):
         await batcher.submit([image(2)], deadline=later(0.05))
+    doomed = asyncio.create_task(batcher.submit([image(3)], deadline=later(3.0)))
+    while batcher.queue_depth == 0:
+        await asyncio.sleep(0.001)
     backend.gate.set()  # type: ignore[union-attr]
+    with pytest.raises(DeadlineExceeded, match="while queued for the model"):
+        await doomed  # 3 s left when its turn came, a call takes ~5 s: failed at once
     assert (await slow)[0].probabilities[0] == 1
     await batcher.close()
-    assert len(backend.calls) == 1 and backend.batches[0][0].max() == 1
+    assert [int(batch[0].max()) for batch in backend.batches] == [1]
+    assert batcher.stats.expired == 1
 
 
 async def test_backend_gets_the_latest_deadline_and_each_caller_its_own() -> None:
@@ -251,6 +265,52 @@ async def test_close_without_drain_fails_what_is_queued() -> None:
     backend.gate.set()  # type: ignore[union-attr]
     await closing
     assert (await first)[0].probabilities[0] == 1  # what was at the backend still finishes
+
+
+async def test_a_drain_that_overruns_its_timeout_fails_the_rest_and_returns() -> None:
+    """The model never answers: close(timeout_s) still returns at its timeout, and every
+    caller, queued or at the backend, gets 503 shutting_down then, not at its own deadline."""
+    backend = RecordingBackend(gate=asyncio.Event())  # never set: the call never returns
+    batcher = make(backend, max_batch_size=1, max_wait_ms=0)
+    await batcher.start()
+    at_backend = asyncio.create_task(batcher.submit([image(1)], deadline=later(60.0)))
+    while not backend.calls:
+        await asyncio.sleep(0.001)
+    queued = asyncio.create_task(batcher.submit([image(2)], deadline=later(60.0)))
+    while batcher.queue_depth == 0:
+        await asyncio.sleep(0.001)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    try:
+        await asyncio.wait_for(batcher.close(drain=True, timeout_s=0.3), 10)
+    except TimeoutError:
+        pytest.fail("close() did not return: a drain that overruns must still end")
+    assert loop.time() - t0 < 2.0
+    for caller in (at_backend, queued):
+        with pytest.raises(ShuttingDown):
+            await asyncio.wait_for(caller, 1)
+    assert len(backend.calls) == 1  # the queued image never reached the model
+    with pytest.raises(ShuttingDown):
+        await batcher.submit([image(3)], deadline=later())
+
+
+async def test_failed_batches_teach_the_wait_estimate_nothing() -> None:
+    """A call that failed says nothing about how fast the model is: only answered calls count,
+    so a burst of slow failures (a server timing out) does not make the gateway shed later."""
+    backend = RecordingBackend(
+        fail_with=[BackendUnavailable("model server down", retry_after_s=1)] * 3, delay_s=0.2
+    )
+    batcher = make(backend, max_batch_size=1, max_wait_ms=0)
+    await batcher.start()
+    for _ in range(3):
+        with pytest.raises(BackendUnavailable):
+            await batcher.submit([image(1)], deadline=later())
+    assert batcher.wait_estimate.batch_seconds(1) is None  # nothing learnt from failures
+    backend.delay_s = 0.0
+    await batcher.submit([image(2)], deadline=later())
+    await batcher.close()
+    learnt = batcher.wait_estimate.batch_seconds(1)
+    assert learnt is not None and learnt < 0.15, learnt  # the answered call, not the 0.2 s failures
 
 
 async def test_rejects_images_of_the_wrong_shape() -> None:
