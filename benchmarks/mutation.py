@@ -1,0 +1,283 @@
+"""Mutation check: do the tests of the modules that guard requests notice a small bug?
+
+For each module below, mutmut (3.x, from PyPI) changes one thing at a time inside its
+functions (`<` to `<=`, `0` to `1`, `and` to `or`, a call argument dropped, ...) and runs that
+module's own unit tests against each change. A mutant the tests pass with "survived". The
+score is killed / (killed + survived + timeouts + no tests), per module.
+
+Each module runs on its own scratch copy of the work tree (tracked and untracked, not
+ignored, files) with a `setup.cfg` naming that module and its tests, so one run is bounded
+and never touches the checkout. Survivors are matched against `mutation_survivors.toml`
+(beside this file), which says for each survivor left alive why it is harmless; any
+survivor not explained there is printed as UNEXPLAINED and makes the exit code 1.
+
+    make mutation                                   # all modules, results in benchmarks/results/mutation/
+    python -m benchmarks.mutation --modules breaker manifest --max-children 1
+
+CPU-heavy (each mutant runs the module's tests in a forked process): run it outside
+`make test`, one module at a time (that is what it does), and note the load it ran under.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SURVIVORS_FILE = Path(__file__).with_name("mutation_survivors.toml")
+MUTMUT_VERSION = "3.8.1"
+# Everything the tests import; only `only_mutate` of it is mutated, the rest is copied as is.
+SOURCE_ROOMS = ("contract", "service", "testdoubles", "model_builder", "loadtest")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One module under mutation and the unit tests that are its own."""
+
+    name: str
+    source: str
+    tests: tuple[str, ...]
+    isolation: str = "fork"  # "forkserver" where the tests start gRPC (not fork-safe)
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("manifest", "contract/manifest.py", ("tests/contract/test_manifest.py",)),
+    Target("breaker", "service/breaker.py", ("tests/service/test_breaker.py",)),
+    Target("admission", "service/admission.py", ("tests/service/test_admission.py",)),
+    Target("batcher", "service/batcher.py", ("tests/service/test_batcher.py",)),
+    Target("decode", "service/decode.py", ("tests/service/test_decode.py",)),
+    Target(
+        "tfserving",
+        "service/backends/tfserving.py",
+        ("tests/service/test_tfserving_client.py",),
+        isolation="forkserver",
+    ),
+)
+BY_NAME = {t.name: t for t in TARGETS}
+
+
+def _setup_cfg(target: Target) -> str:
+    def block(key: str, values: tuple[str, ...] | list[str]) -> str:
+        return f"{key}=\n" + "".join(f"    {v}\n" for v in values)
+
+    return (
+        "[mutmut]\n"
+        + block("source_paths", [f"{room}/" for room in SOURCE_ROOMS])
+        + block("only_mutate", [target.source])
+        + block("pytest_add_cli_args_test_selection", target.tests)
+        # -x: a mutant is killed at its first failing test; --timeout: a test that a mutant
+        # makes hang fails (is killed) within a minute instead of holding a worker.
+        + block("pytest_add_cli_args", ["-p", "no:cacheprovider", "-q", "-x", "--timeout=60"])
+        + f"process_isolation={target.isolation}\n"
+        # A mutant whose tests take 3x as long as the clean run (+2 s) counts as a timeout.
+        + "timeout_multiplier=3.0\ntimeout_constant=2.0\n"
+    )
+
+
+def scratch_copy(dest: Path) -> None:
+    """The work tree's files (tracked, plus untracked that git does not ignore) under `dest`."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=ROOT, check=True, capture_output=True,
+    ).stdout.split(b"\0")  # fmt: skip
+    for raw in files:
+        if not raw:
+            continue
+        rel = Path(raw.decode())
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def _mutmut(workdir: Path, *args: str, timeout_s: float | None = None) -> str:
+    exe = Path(sys.executable).with_name("mutmut")
+    if not exe.exists():
+        raise SystemExit(f"error: mutmut is not installed: pip install 'mutmut=={MUTMUT_VERSION}'")
+    # mutmut puts <workdir>/mutants first on sys.path and takes <workdir> itself off it.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(
+        [str(exe), *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout_s
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"mutmut {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc.stdout
+
+
+def _diff(show: str) -> tuple[list[str], list[str]]:
+    """The removed and added lines of `mutmut show` (stripped, headers dropped)."""
+    minus = [
+        ln[1:].strip()
+        for ln in show.splitlines()
+        if ln.startswith("-") and not ln.startswith("---")
+    ]
+    plus = [
+        ln[1:].strip()
+        for ln in show.splitlines()
+        if ln.startswith("+") and not ln.startswith("+++")
+    ]
+    return minus, plus
+
+
+def function_of(mutant: str) -> str:
+    """`service.breaker.xǁCircuitBreakerǁ__init____mutmut_1` -> `service.breaker.CircuitBreaker.__init__`."""
+    base = re.sub(r"__mutmut_\d+$", "", mutant)
+    module, _, func = base.rpartition(".")
+    if func.startswith("xǁ"):
+        cls, _, meth = func[2:].partition("ǁ")
+        return f"{module}.{cls}.{meth}"
+    return f"{module}.{func.removeprefix('x_')}"
+
+
+def load_explanations(path: Path = SURVIVORS_FILE) -> list[dict[str, str]]:
+    """The `[[survivor]]` entries: function, minus, plus, why."""
+    if not path.exists():
+        return []
+    return list(tomllib.loads(path.read_text(encoding="utf-8")).get("survivor", []))
+
+
+def explain(
+    function: str, minus: list[str], plus: list[str], known: list[dict[str, str]]
+) -> str | None:
+    """The reason a survivor is harmless, or None when `mutation_survivors.toml` has none."""
+    for entry in known:
+        if entry["function"] != function:
+            continue
+        if " ".join(minus) == entry["minus"] and " ".join(plus) == entry["plus"]:
+            return entry["why"]
+    return None
+
+
+def run_target(
+    target: Target, workdir: Path, max_children: int, timeout_s: float
+) -> dict[str, Any]:
+    """Mutate one module against its tests; the stats and every survivor's diff."""
+    scratch = workdir / target.name
+    scratch_copy(scratch)
+    (scratch / "setup.cfg").write_text(_setup_cfg(target), encoding="utf-8")
+    load_before = os.getloadavg()
+    t0 = time.monotonic()
+    _mutmut(scratch, "run", "--max-children", str(max_children), timeout_s=timeout_s)
+    wall_s = time.monotonic() - t0
+    _mutmut(scratch, "export-cicd-stats")
+    stats = json.loads((scratch / "mutants" / "mutmut-cicd-stats.json").read_text())
+    known = load_explanations()
+    survivors = []
+    for line in _mutmut(scratch, "results").splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if not name:
+            continue
+        minus, plus = _diff(_mutmut(scratch, "show", name))
+        function = function_of(name)
+        survivors.append({
+            "mutant": name, "status": status, "function": function, "minus": " ".join(minus),
+            "plus": " ".join(plus), "why": explain(function, minus, plus, known),
+        })  # fmt: skip
+    counted = stats["killed"] + stats["survived"] + stats["timeout"] + stats["no_tests"]
+    return {
+        "module": target.source,
+        "tests": list(target.tests),
+        "stats": stats,
+        "score": stats["killed"] / counted if counted else None,
+        "wall_s": round(wall_s, 1),
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "survivors": survivors,
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    """A score table and one line per survivor, as written into docs/testing.md."""
+    rows = ["| module | tests | mutants | killed | survived | no tests | timeout | score |",
+            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in results:
+        s = r["stats"]
+        tests = ", ".join(Path(t).name for t in r["tests"])
+        rows.append(
+            f"| `{r['module']}` | {tests} | {s['total']} | {s['killed']} | {s['survived']} "
+            f"| {s['no_tests']} | {s['timeout']} | {r['score']:.1%} |"
+        )
+    rows += ["", "| module | function | mutation | why it is harmless |", "|---|---|---|---|"]
+    for r in results:
+        for sv in r["survivors"]:
+            change = f"`{sv['minus']}` -> `{sv['plus']}`".replace("|", "\\|")
+            why = sv["why"] or f"**UNEXPLAINED** ({sv['status']})"
+            rows.append(f"| `{Path(r['module']).stem}` | `{sv['function']}` | {change} | {why} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modules", nargs="*", choices=sorted(BY_NAME), default=sorted(BY_NAME),
+                        help="which modules (default: all, one after another)")  # fmt: skip
+    parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once")
+    parser.add_argument("--timeout-s", type=float, default=3600, help="bound on one module's run")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/resnet-serving-mutation"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip())  # fmt: skip
+    header = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": machine(),
+        "commit": commit + ("+dirty" if dirty else ""),
+        "mutmut": MUTMUT_VERSION,
+        "command": "python -m benchmarks.mutation " + " ".join(argv or sys.argv[1:]),
+    }
+    results = []
+    for name in args.modules:
+        target = BY_NAME[name]
+        print(f"mutating {target.source} against {', '.join(target.tests)} ...", flush=True)
+        result = run_target(target, args.workdir, args.max_children, args.timeout_s)
+        (args.out / f"{name}.json").write_text(
+            json.dumps({**header, **result}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        s = result["stats"]
+        print(f"  {s['killed']}/{s['total']} killed, {s['survived']} survived, "
+              f"{s['no_tests']} no tests, {s['timeout']} timeouts in {result['wall_s']} s "
+              f"(load {result['load_before'][0]} -> {result['load_after'][0]})", flush=True)  # fmt: skip
+        results.append(result)
+    print()
+    print(
+        f"{header['date']}, {header['machine']}, commit {header['commit']}, mutmut {MUTMUT_VERSION}"
+    )
+    print(markdown(results))
+    unexplained = [sv for r in results for sv in r["survivors"] if sv["why"] is None]
+    if unexplained:
+        print(f"\n{len(unexplained)} survivor(s) UNEXPLAINED: kill them with a test, or say in "
+              f"{SURVIVORS_FILE.name} why they are harmless", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
