@@ -52,6 +52,13 @@ def test_estimate_is_the_median_of_recent_calls_and_plans_for_the_75th_percentil
     assert est.batch_seconds(8) == pytest.approx(0.4)
     assert est.batch_seconds(8, conservative=True) == pytest.approx(0.6)
     assert est.wait_s(16) == pytest.approx(1.2)
+    # A partial batch is planned for the 75th percentile too: bucket 4, scaled from 8: 0.6 / 2.
+    assert est.wait_s(12) == pytest.approx(0.6 + 0.3)
+
+
+def test_estimate_refuses_a_max_batch_below_one() -> None:
+    with pytest.raises(ValueError, match=r"max_batch_size must be >= 1\. Received: 0"):
+        QueueWaitEstimate(0, bucket_for)
 
 
 def test_one_stalled_call_does_not_move_the_estimate() -> None:
