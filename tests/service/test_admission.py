@@ -31,6 +31,7 @@ def bucket_for(n: int) -> int:
     [
         ({}, 100, 0.0),  # nothing learnt yet: no basis for shedding
         ({8: 0.1}, 0, 0.0),
+        ({1: 0.01}, 1, 0.01),  # one image queued already waits for a call
         ({8: 0.1}, 8, 0.1),
         ({8: 0.1}, 16, 0.2),
         ({8: 0.1}, 20, 0.25),  # 2 full batches + bucket 4, scaled from bucket 8: 0.1 * 4/8
