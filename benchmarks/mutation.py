@@ -168,6 +168,21 @@ def wording_only(minus: str, plus: str) -> bool:
     return plus != minus and (plus.replace("XX", "") == minus or plus.lower() == minus.lower())
 
 
+_RAISE = re.compile(r"raise (\w+)\(")
+
+
+def message_only(minus: str, plus: str) -> bool:
+    """The mutant only changes the text an error carries: the same exception class is raised
+    (with nothing but its message changed), or a message's own line changes."""
+    if "retry_after" in minus or "retry_after" in plus:
+        return False
+    raised = _RAISE.match(minus)
+    if raised:
+        return _RAISE.match(plus) is not None and _RAISE.match(plus).group(1) == raised.group(1)  # type: ignore[union-attr]
+    text = ('f"', '"')
+    return minus.startswith(text) and (plus in ("", "None", "None,") or plus.startswith(text))
+
+
 def explain(function: str, minus: str, plus: str, known: dict[str, Any]) -> str | None:
     """The reason a survivor is harmless, or None when `mutation_survivors.toml` has none.
 
@@ -177,6 +192,8 @@ def explain(function: str, minus: str, plus: str, known: dict[str, Any]) -> str 
     rules = known.get("rules", {})
     if "wording" in rules and wording_only(minus, plus):
         return str(rules["wording"])
+    if "message" in rules and message_only(minus, plus):
+        return str(rules["message"])
     for entry in known.get("survivor", []):
         if entry["function"] == function and (entry["minus"], entry["plus"]) == (minus, plus):
             return str(entry["why"])
