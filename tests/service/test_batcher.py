@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,7 +91,10 @@ def later(seconds: float = 10.0) -> float:
     return asyncio.get_running_loop().time() + seconds
 
 
-async def test_concurrent_requests_share_calls_and_get_their_own_rows() -> None:
+async def test_concurrent_requests_share_calls_and_get_their_own_rows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="service.batcher")
     backend = RecordingBackend()
     records: list[BatchRecord] = []
     batcher = MicroBatcher(
@@ -107,6 +111,7 @@ async def test_concurrent_requests_share_calls_and_get_their_own_rows() -> None:
     assert all(rows in MANIFEST.batch_buckets for rows, _ in backend.calls)
     assert batcher.stats.images == 40 and batcher.stats.backend_calls == len(backend.calls)
     assert sum(r.images for r in records) == 40
+    assert not caplog.records, "the loop logged trouble in normal operation"
 
 
 async def test_multi_image_request_spans_batches_in_order() -> None:
