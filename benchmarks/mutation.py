@@ -168,14 +168,14 @@ def wording_only(minus: str, plus: str) -> bool:
     return plus != minus and (plus.replace("XX", "") == minus or plus.lower() == minus.lower())
 
 
-_RAISE = re.compile(r"raise (\w+)\(")
+_RAISE = re.compile(r"(?:raise|return) (\w+)\(")
 
 
 def message_only(minus: str, plus: str) -> bool:
     """The mutant only changes the text an error carries: the same exception class is raised
     (with nothing but its message changed), or a message's own line changes."""
-    if "retry_after" in minus or "retry_after" in plus:
-        return False
+    if minus.partition("retry_after")[2] != plus.partition("retry_after")[2]:
+        return False  # Retry-After is behaviour, not text
     raised = _RAISE.match(minus)
     if raised:
         return _RAISE.match(plus) is not None and _RAISE.match(plus).group(1) == raised.group(1)  # type: ignore[union-attr]
