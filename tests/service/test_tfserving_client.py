@@ -303,9 +303,10 @@ async def test_queue_full_is_overload_not_an_outage() -> None:
         calls.append(left)
         raise _rpc_error(grpc.StatusCode.UNAVAILABLE, details)
 
-    with pytest.raises(QueueFull, match="overloaded"):
+    with pytest.raises(QueueFull, match="overloaded") as info:
         await backend._call("Predict", rpc, timeout_s=0.5)
     assert len(calls) == 1 and backend.breaker.state is State.CLOSED
+    assert info.value.retry_after_s == 1  # Retry-After, as for every 503
 
 
 def _half_open(backend: TFServingBackend) -> None:
@@ -341,6 +342,7 @@ async def test_a_probe_that_gets_no_answer_does_not_keep_the_circuit_open(
     else:
         with pytest.raises(DeadlineExceeded):
             await probe
+    assert backend.breaker.state is State.HALF_OPEN  # no verdict: neither closed nor re-opened
 
     async def answer(left: float) -> str:
         return "ok"
@@ -450,13 +452,28 @@ class ScriptedTFServing:
     """A gRPC server speaking TF Serving's API with scripted answers: version 1 AVAILABLE, the
     stand-in's own metadata (or none, ever), and Predict replies built by `predict`."""
 
-    def __init__(self, metadata: Any, predict: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self,
+        metadata: Any,
+        predict: Callable[[Any], Any] | None = None,
+        *,
+        loading_polls: int = 0,
+        status_hangs: bool = False,
+    ) -> None:
         self.metadata, self.predict = metadata, predict
+        self.loading_polls, self.status_hangs = loading_polls, status_hangs
         self.server = grpc.aio.server()
 
     async def _status(self, request: Any, context: Any) -> Any:
+        if self.status_hangs:
+            await asyncio.sleep(60)
         reply = tfs_protos.GetModelStatusResponse()
-        reply.model_version_status.add(version=1, state=tfs_protos.ModelVersionState.AVAILABLE)
+        state = tfs_protos.ModelVersionState
+        loading = self.loading_polls > 0
+        self.loading_polls -= 1
+        reply.model_version_status.add(
+            version=1, state=state.LOADING if loading else state.AVAILABLE
+        )
         return reply
 
     async def _metadata(self, request: Any, context: Any) -> Any:
@@ -536,3 +553,85 @@ async def test_a_reply_that_does_not_answer_the_request_is_a_backend_error(
                 await backend.predict(_images(2), timeout_s=5)
         finally:
             await backend.close()
+
+
+async def test_a_backend_can_be_started_again_after_close(
+    exported_model: Any, standin: StandIn
+) -> None:
+    backend = _client(exported_model, standin.address)
+    await backend.close()  # closing what never started is a no-op
+    with pytest.raises(NotReady):
+        _ = backend.manifest
+    await backend.start()
+    await backend.close()
+    await backend.start()  # re-opens the channel it closed
+    try:
+        assert (await backend.predict(_images(1), timeout_s=5)).shape == (1, 3)
+    finally:
+        await backend.close()
+
+
+def _as_big_model(metadata: Any, model_base: Path, exported_model: Any, side: int) -> Any:
+    """The stand-in's metadata and the export's manifest, both saying `side` x `side` input
+    and buckets up to 64: what a ResNet at 224 looks like to the backend's start()."""
+    sig_map = tfs_protos.SignatureDefMap()
+    metadata.metadata["signature_def"].Unpack(sig_map)
+    for sig in sig_map.signature_def.values():
+        for info in sig.inputs.values():
+            if len(info.tensor_shape.dim) == 4:
+                info.tensor_shape.dim[1].size = info.tensor_shape.dim[2].size = side
+    metadata.metadata["signature_def"].Pack(sig_map)
+    shutil.copytree(exported_model.model_base, model_base, dirs_exist_ok=True)
+    path = model_base / exported_model.name / "1" / MANIFEST_RELPATH
+    raw = json.loads(path.read_text())
+    raw["input"]["height"] = raw["input"]["width"] = side
+    raw["batch_buckets"] = [1, 8, 64]
+    path.write_text(json.dumps(raw))
+    return metadata
+
+
+async def test_the_channel_is_sized_for_a_large_model(
+    exported_model: Any, standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """64 x 224 x 224 x 3 uint8 is 9.6 MB, past gRPC's 4 MB default: the channel re-opened
+    after start must take it."""
+    metadata = _as_big_model(
+        await _real_metadata(exported_model, standin), tmp_path, exported_model, 224
+    )
+    seen: list[dict[str, Any]] = []
+    real = grpc.aio.insecure_channel
+
+    def recording(address: str, options: Any = None, **kw: Any) -> Any:
+        seen.append(dict(options or ()))
+        return real(address, options=options, **kw)
+
+    monkeypatch.setattr(grpc.aio, "insecure_channel", recording)
+    async with ScriptedTFServing(metadata) as address:
+        backend = _client(exported_model, address, model_base=tmp_path)
+        await backend.start()
+        await backend.close()
+    request = 64 * 224 * 224 * 3
+    assert seen[-1]["grpc.max_send_message_length"] >= request
+    assert seen[-1]["grpc.max_receive_message_length"] >= request
+    assert seen[-1]["grpc.max_send_message_length"] < 2 * request  # sized, not unlimited
+
+
+async def test_start_waits_for_the_model_to_become_available(
+    exported_model: Any, standin: StandIn
+) -> None:
+    """TF Serving answers GetModelStatus before the version is AVAILABLE (it is loading):
+    start() polls until it is, within startup_timeout_s."""
+    metadata = await _real_metadata(exported_model, standin)
+    async with ScriptedTFServing(metadata, loading_polls=2) as address:
+        backend = _client(exported_model, address, startup_timeout_s=10.0)
+        await asyncio.wait_for(backend.start(), 15)
+        await backend.close()
+
+
+async def test_start_is_bounded_when_the_status_never_comes(exported_model: Any) -> None:
+    async with ScriptedTFServing(metadata=None, status_hangs=True) as address:
+        backend = _client(exported_model, address, connect_timeout_s=0.3, startup_timeout_s=1.0)
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(BackendStartupError, match="not AVAILABLE"):
+            await asyncio.wait_for(backend.start(), 10)
+        assert asyncio.get_running_loop().time() - t0 < 5
