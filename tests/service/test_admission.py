@@ -163,6 +163,56 @@ async def test_refuses_work_that_would_wait_too_long(
     await batcher.close()
 
 
+async def test_nothing_learnt_yet_is_no_reason_to_shed() -> None:
+    """A fresh gateway (no call measured) takes a queue beyond one batch: no estimate, no
+    basis for refusing; the length bound still holds."""
+    backend = RecordingBackend(gate=asyncio.Event())
+    batcher = MicroBatcher(backend, MANIFEST, max_batch_size=8, max_wait_ms=0,
+                           max_queue_images=64, max_queue_wait_s=0.01)  # fmt: skip
+    tasks = await blocked_with_16_queued(batcher, backend)
+    tasks.append(asyncio.create_task(batcher.submit([image(3)] * 8, deadline=later())))
+    while batcher.queue_depth < 24:
+        await asyncio.sleep(0.001)
+    backend.gate.set()  # type: ignore[union-attr]
+    assert [len(r) for r in await asyncio.gather(*tasks)] == [8, 16, 8]
+    await batcher.close()
+
+
+@pytest.mark.parametrize(
+    ("calls_s", "limit_s", "refused"),
+    [
+        # The call at the backend is planned at the 75th percentile of recent calls (1.0 s
+        # here, the median is 0.1 s): 1.0 + 2 x 1.0 + 1.0 / 8 = 3.125 s of wait.
+        ([0.1] * 4 + [1.0] * 4, 3.0, True),
+        # Fast calls: what is left of the call at the backend (~0.1 s) counts, not a whole second.
+        ([0.1] * 8, 0.5, False),
+    ],
+    ids=["planned-at-p75", "fast-calls"],
+)
+async def test_the_call_at_the_backend_counts_for_what_is_left_of_it(
+    calls_s: list[float], limit_s: float, refused: bool
+) -> None:
+    backend = RecordingBackend(gate=asyncio.Event())
+    batcher = MicroBatcher(backend, MANIFEST, max_batch_size=8, max_wait_ms=0,
+                           max_queue_images=64, max_queue_wait_s=limit_s)  # fmt: skip
+    for seconds in calls_s:
+        batcher.wait_estimate.observe(8, seconds)
+    tasks = await blocked_with_16_queued(batcher, backend)
+    if refused:
+        with pytest.raises(QueueFull, match="estimated queue wait"):
+            await batcher.submit([image(3)], deadline=later())
+        with pytest.raises(QueueFull):
+            await batcher.submit([image(3)], deadline=later())
+        assert batcher.stats.rejected == 2  # counted over both refusals
+    else:
+        tasks.append(asyncio.create_task(batcher.submit([image(3)], deadline=later())))
+        while batcher.queue_depth < 17:
+            await asyncio.sleep(0.001)
+    backend.gate.set()  # type: ignore[union-attr]
+    await asyncio.gather(*tasks)
+    await batcher.close()
+
+
 async def test_an_idle_queue_always_takes_work() -> None:
     backend = RecordingBackend()
     batcher = make(backend, max_queue_wait_s=0.001)

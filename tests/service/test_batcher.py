@@ -151,6 +151,7 @@ async def test_full_queue_answers_queue_full_at_once() -> None:
         await asyncio.sleep(0.001)
     queued = asyncio.create_task(batcher.submit([image(2)] * 4, deadline=later()))
     await asyncio.sleep(0)
+    assert batcher.queue_depth == batcher.stats.queue_depth == 4
     with pytest.raises(QueueFull) as info:
         await batcher.submit([image(3)], deadline=later())
     assert info.value.retry_after_s == 3 and info.value.status == 503
@@ -159,6 +160,7 @@ async def test_full_queue_answers_queue_full_at_once() -> None:
     assert batcher.stats.rejected == 3  # images refused, over both requests
     backend.gate.set()  # type: ignore[union-attr]
     assert len(await first) == 4 and len(await queued) == 4
+    assert batcher.stats.queue_depth == 0
     await batcher.close()
 
 
@@ -242,10 +244,12 @@ async def test_backend_failure_fails_only_its_batch(
     if isinstance(raised, RuntimeError):  # the class is named, its text (internals) is not
         assert str(info.value) == "backend call failed: RuntimeError"
     out = await batcher.submit([image(5)], deadline=later())  # the loop survived
-    await batcher.submit([image(6)], deadline=later())
+    backend.fail_with.append(raised)
+    with pytest.raises(expected):
+        await batcher.submit([image(6)], deadline=later())
     await batcher.close()
     assert out[0].probabilities[0] == 5
-    assert batcher.stats.failed_batches == 1 and batcher.stats.backend_calls == 3
+    assert batcher.stats.failed_batches == 2 and batcher.stats.backend_calls == 3
 
 
 async def test_close_with_drain_flushes_the_queue_then_refuses() -> None:
@@ -275,8 +279,9 @@ async def test_close_without_drain_fails_what_is_queued() -> None:
     queued = asyncio.create_task(batcher.submit([image(2)], deadline=later()))
     await asyncio.sleep(0.01)
     closing = asyncio.create_task(batcher.close(drain=False))
-    with pytest.raises(ShuttingDown):
+    with pytest.raises(ShuttingDown, match="the gateway is shutting down"):
         await queued
+    assert batcher.queue_depth == batcher.stats.queue_depth == 0
     backend.gate.set()  # type: ignore[union-attr]
     await closing
     assert (await first)[0].probabilities[0] == 1  # what was at the backend still finishes
@@ -302,7 +307,7 @@ async def test_a_drain_that_overruns_its_timeout_fails_the_rest_and_returns() ->
         pytest.fail("close() did not return: a drain that overruns must still end")
     assert loop.time() - t0 < 2.0
     for caller in (at_backend, queued):
-        with pytest.raises(ShuttingDown):
+        with pytest.raises(ShuttingDown, match="the gateway is shutting down"):
             await asyncio.wait_for(caller, 1)
     assert len(backend.calls) == 1  # the queued image never reached the model
     with pytest.raises(ShuttingDown):
