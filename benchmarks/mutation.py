@@ -255,22 +255,37 @@ def machine() -> str:
 
 def markdown(results: list[dict[str, Any]]) -> str:
     """A score table and one line per survivor, as written into docs/testing.md."""
-    rows = ["| module | tests | mutants | killed | survived | no tests | timeout | score |",
+    rows = ["| module | mutants | killed | timeout | survived | no tests | score | run (commit, wall, load 1-min before/after) |",
             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results:
         s = r["stats"]
-        tests = ", ".join(Path(t).name for t in r["tests"])
+        load = f"{r['load_before'][0]}/{r['load_after'][0]}"
         rows.append(
-            f"| `{r['module']}` | {tests} | {s['total']} | {s['killed']} | {s['survived']} "
-            f"| {s['no_tests']} | {s['timeout']} | {r['score']:.1%} |"
+            f"| `{r['module']}` | {s['total']} | {s['killed']} | {s['timeout']} | {s['survived']} "
+            f"| {s['no_tests']} | **{r['score']:.1%}** | {r['date']}, {r['commit']}, "
+            f"{r['wall_s']:.0f} s, {load} |"
         )
     rows += ["", "| module | function | mutation | why it is harmless |", "|---|---|---|---|"]
     for r in results:
         for sv in r["survivors"]:
+            if sv["status"] == "timeout":
+                continue  # detected: counted with the killed ones
             change = f"`{sv['minus']}` -> `{sv['plus']}`".replace("|", "\\|")
             why = sv["why"] or f"**UNEXPLAINED** ({sv['status']})"
-            rows.append(f"| `{Path(r['module']).stem}` | `{sv['function']}` | {change} | {why} |")
+            function = (
+                sv["function"].rpartition(".")[2] if "." in sv["function"] else sv["function"]
+            )
+            rows.append(f"| `{Path(r['module']).stem}` | `{function}` | {change} | {why} |")
     return "\n".join(rows)
+
+
+def reexplain(result: dict[str, Any]) -> dict[str, Any]:
+    """`result` with every survivor's reason looked up again in mutation_survivors.toml."""
+    known = load_explanations()
+    for sv in result["survivors"]:
+        if sv["status"] != "timeout":
+            sv["why"] = explain(sv["function"], sv["minus"], sv["plus"], known)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,14 +296,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=3600, help="bound on one module's run")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/resnet-serving-mutation"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: print the tables from the results in --out, with the "
+                             "reasons in mutation_survivors.toml as they are now")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.report:
+        found = [args.out / f"{m}.json" for m in args.modules if (args.out / f"{m}.json").exists()]
+        return report([reexplain(json.loads(f.read_text(encoding="utf-8"))) for f in found])
     args.out.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()  # fmt: skip
     dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT,
                                 capture_output=True, text=True).stdout.strip())  # fmt: skip
     header = {
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": machine(),
         "commit": commit + ("+dirty" if dirty else ""),
         "mutmut": MUTMUT_VERSION,
@@ -298,19 +318,25 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.modules:
         target = BY_NAME[name]
         print(f"mutating {target.source} against {', '.join(target.tests)} ...", flush=True)
-        result = run_target(target, args.workdir, args.max_children, args.timeout_s)
+        date = time.strftime("%Y-%m-%d %H:%M %Z")
+        result = {"date": date, **header, **run_target(target, args.workdir, args.max_children,
+                                                       args.timeout_s)}  # fmt: skip
         (args.out / f"{name}.json").write_text(
-            json.dumps({**header, **result}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
         s = result["stats"]
         print(f"  {s['killed']}/{s['total']} killed, {s['survived']} survived, "
               f"{s['no_tests']} no tests, {s['timeout']} timeouts in {result['wall_s']} s "
               f"(load {result['load_before'][0]} -> {result['load_after'][0]})", flush=True)  # fmt: skip
         results.append(result)
-    print()
-    print(
-        f"{header['date']}, {header['machine']}, commit {header['commit']}, mutmut {MUTMUT_VERSION}"
-    )
+    return report(results)
+
+
+def report(results: list[dict[str, Any]]) -> int:
+    """Print the tables; 1 when a survivor is not explained."""
+    if results:
+        r = results[0]
+        print(f"\n{r['machine']}, mutmut {r['mutmut']}\n")
     print(markdown(results))
     unexplained = [sv for r in results for sv in r["survivors"] if sv["why"] is None]
     if unexplained:
