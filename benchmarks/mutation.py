@@ -306,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()  # fmt: skip
-    dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip())  # fmt: skip
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", ".", f":!{args.out}"],
+                                cwd=ROOT, capture_output=True, text=True).stdout.strip())  # fmt: skip
     header = {
         "machine": machine(),
         "commit": commit + ("+dirty" if dirty else ""),
