@@ -306,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()  # fmt: skip
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", ".", f":!{args.out}"],
+    out = args.out.resolve()
+    skip = [f":!{out.relative_to(ROOT)}"] if out.is_relative_to(ROOT) else []
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", ".", *skip],
                                 cwd=ROOT, capture_output=True, text=True).stdout.strip())  # fmt: skip
     header = {
         "machine": machine(),
