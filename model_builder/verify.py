@@ -48,11 +48,20 @@ PARITY_SEED = 1234
 
 @dataclass(frozen=True)
 class Check:
-    """One verification step: its name, whether it passed, and what was seen."""
+    """One verification step: its name, whether it passed, and what was seen.
+
+    A skipped check (nothing to compare against) is not a failure, but it is not a pass
+    either: it is reported as SKIP so nobody reads it as verified.
+    """
 
     name: str
     ok: bool
     detail: str
+    skipped: bool = False
+
+    @property
+    def verdict(self) -> str:
+        return "SKIP" if self.skipped else "PASS" if self.ok else "FAIL"
 
 
 @dataclass
@@ -71,8 +80,22 @@ class VerifyReport:
     def failed(self) -> list[Check]:
         return [c for c in self.checks if not c.ok]
 
+    @property
+    def skipped(self) -> list[Check]:
+        return [c for c in self.checks if c.skipped]
+
     def lines(self) -> list[str]:
-        return [f"[{'PASS' if c.ok else 'FAIL'}] {c.name}: {c.detail}" for c in self.checks]
+        return [f"[{c.verdict}] {c.name}: {c.detail}" for c in self.checks]
+
+    def summary(self) -> str:
+        """One closing line: how many passed, failed and were skipped (and which)."""
+        if self.failed:
+            return f"{len(self.failed)} check(s) failed: {', '.join(c.name for c in self.failed)}"
+        passed = len(self.checks) - len(self.skipped)
+        if self.skipped:
+            names = ", ".join(c.name for c in self.skipped)
+            return f"{passed} checks passed, {len(self.skipped)} skipped ({names}): not verified"
+        return f"all {passed} checks passed"
 
 
 def verify_export(
@@ -170,7 +193,10 @@ def _check_parity(
 
     outputs_logits = True
     if model is None and run_dir is None:
-        return Check("parity", True, "skipped: no --run directory or model given")
+        return Check(
+            "parity", True, "no --run directory or model given: scores not compared with Keras",
+            skipped=True,
+        )  # fmt: skip
     try:
         if run_dir is not None:
             info = load_run_info(run_dir)

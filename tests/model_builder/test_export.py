@@ -50,6 +50,7 @@ from model_builder.warmup import read_warmup_requests
 
 FLOAT32_TOLERANCE = 1e-5
 BF16_TOLERANCE = 2e-2  # bfloat16 keeps 8 mantissa bits: ~3 significant digits per op
+FP16_TOLERANCE = 5e-3  # float16 keeps 11: ~3.3 digits, with float32 softmax
 
 
 def _png(pixels: np.ndarray, mode: str = "RGB") -> bytes:
@@ -273,24 +274,35 @@ def test_second_model_joins_configs_and_must_share_buckets(
     assert not (base / "c" / "1").exists()
 
 
-def test_bfloat16_export_within_tolerance(
-    tmp_path: Path, tiny_model: Any, run_info: RunInfo, pixels: np.ndarray, reference: Any
-) -> None:
+@pytest.mark.parametrize(
+    ("precision", "tolerance"), [("bfloat16", BF16_TOLERANCE), ("float16", FP16_TOLERANCE)]
+)
+def test_reduced_precision_export_within_tolerance(
+    tmp_path: Path, tiny_model: Any, run_info: RunInfo, pixels: np.ndarray, reference: Any,
+    precision: str, tolerance: float,
+) -> None:  # fmt: skip
     import tensorflow as tf
+
+    from model_builder.verify import verify_export
 
     version_dir = export_model(
         tiny_model, model_base=tmp_path, name="tiny", version=1, run_info=run_info,
-        precision="bfloat16", buckets=(1, 2, 4), top_k=3,
+        precision=precision, buckets=(1, 2, 4), top_k=3,
     )  # fmt: skip
-    assert read_manifest(version_dir).precision == "bfloat16"
+    assert read_manifest(version_dir).precision == precision
     out = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE_PIXELS](
         images=tf.constant(pixels)
     )
     probs = out[OUTPUT_PROBABILITIES].numpy()
-    assert probs.dtype == np.float32
+    assert probs.dtype == np.float32  # the wire format does not change with the precision
     expected = reference(tiny_model, pixels)
-    assert np.abs(probs - expected).max() <= BF16_TOLERANCE
+    diff = np.abs(probs - expected).max()
+    assert 0 < diff <= tolerance, diff  # > 0: the model really ran in reduced precision
+    assert (probs.argmax(1) == expected.argmax(1)).all()
     assert tiny_model.dtype_policy.name == "float32"  # the source model is left alone
+    # Every check of `verify` (parity at the precision's tolerance, warmup run as TF Serving does).
+    report = verify_export(version_dir, model=tiny_model, use_cli=False)
+    assert report.ok and not report.skipped, report.lines()
 
 
 def test_cli_export_writes_a_verifiable_version(
