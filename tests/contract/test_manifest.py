@@ -146,3 +146,20 @@ def test_pixels_signature_is_the_models_input_and_output() -> None:
     assert sig.name == SIGNATURE_PIXELS
     assert sig.inputs == {INPUT_PIXELS: ("uint8", (None, 24, 32, 3))}
     assert sig.outputs == {OUTPUT_PROBABILITIES: ("float32", (None, 6))}
+
+
+def test_decodes_like_needs_the_same_input_and_the_same_preprocessing() -> None:
+    """Pixels decoded for one version are reused for another only when both the input spec
+    and the preprocessing match: a version that differs in either must decode again."""
+    from contract.manifest import Preprocessing
+
+    v1 = make_manifest()
+    assert v1.decodes_like(make_manifest(model_version=2, labels=tuple("uvwxyz")))
+    other_size = make_manifest(input=InputSpec(height=64, width=64))
+    other_resize = make_manifest(preprocessing=Preprocessing(resize="stretch"))
+    both = make_manifest(
+        input=InputSpec(height=64, width=64), preprocessing=Preprocessing(resize="stretch")
+    )
+    for other in (other_size, other_resize, both):
+        assert not v1.decodes_like(other)
+        assert not other.decodes_like(v1)
