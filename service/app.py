@@ -40,8 +40,13 @@ def create_app(
     *,
     backend: Backend | None = None,
     on_fatal: Callable[[str], None] | None = None,
+    listen_after_ready: bool = False,
 ) -> FastAPI:
     """The gateway app. `backend` overrides the one `settings` would make (tests, benchmarks).
+
+    `listen_after_ready`: the lifespan start waits for the backend (at most
+    `backend_connect_timeout_s`) before uvicorn takes connections, so a worker process that
+    replaces a dead one joins ready (`service.server`); past that bound it listens anyway.
 
     `on_fatal(reason)` is called when the embedded model cannot load: a gateway that can never
     serve should exit (the server stops and reports it) rather than stay half alive. Without it
@@ -56,6 +61,7 @@ def create_app(
         metrics=metrics,
         decode_limits=DecodeLimits.from_settings(settings),
         on_fatal=on_fatal,
+        listen_after_ready=listen_after_ready,
     )
     app = FastAPI(
         title="resnet-serving gateway",
@@ -84,10 +90,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = state_of(app)
     configure_pillow()
     state.decode_pool = ThreadPoolExecutor(
-        state.settings.decode_workers, thread_name_prefix="decode"
+        state.settings.decode_threads(), thread_name_prefix="decode"
     )
     # Start in the background: /livez answers at once, /readyz turns 200 once the model is warm.
     starting = asyncio.create_task(_start_backend(state), name="backend-start")
+    if state.listen_after_ready:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.shield(starting), state.settings.backend_connect_timeout_s
+            )
     try:
         yield
     finally:
@@ -102,6 +113,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.backend.close()
         pool, state.decode_pool = state.decode_pool, None
         pool.shutdown(wait=False, cancel_futures=True)
+        state.metrics.close()
 
 
 async def _start_backend(state: GatewayState) -> None:
@@ -116,18 +128,20 @@ async def _start_backend(state: GatewayState) -> None:
             max_wait_ms=s.max_wait_ms,
             max_queue_images=s.max_queue_images,
             max_queue_wait_s=s.max_queue_wait_s,
+            max_inflight_batches=s.inflight_batches(),
             retry_after_s=s.retry_after_s,
             on_batch=state.metrics.batch_observer(state.backend.name),
+            on_queue_depth=state.metrics.queue_depth.set,
         )
         await batcher.start()
-        state.metrics.track_queue(lambda: batcher.queue_depth)
         state.batcher = batcher
         log.info(
-            "ready: model %s version %d on the %s backend, batches up to %d",
+            "ready: model %s version %d on the %s backend, batches up to %d, %d in flight",
             manifest.model_name,
             manifest.model_version,
             state.backend.name,
             batcher.max_batch_size,
+            batcher.max_inflight_batches,
         )
     except asyncio.CancelledError:
         raise

@@ -41,9 +41,22 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(default=5.0, gt=0.0)  # open/first byte -> end of head
     max_connections: int = Field(default=2048, ge=1)  # per process, within the fd limit
 
+    # Processes behind the one port (uvicorn's supervisor restarts any that dies). None: one
+    # per core for the tfserving backend; 1 for the embedded one, which loads the model and
+    # runs TensorFlow in every process (N copies in memory, N sets of TF threads).
+    workers: int | None = Field(default=None, ge=1, le=256)
+    # With several workers: the folder their metric files live in, summed by /metrics (wiped
+    # at start; a tmpfs is best). None: a temporary folder, removed at exit.
+    metrics_dir: Path | None = None
+
     # Micro-batching.
     max_batch_size: int = Field(default=32, ge=1)  # capped at the manifest's largest bucket
-    max_wait_ms: float = Field(default=5.0, ge=0.0, le=1000.0)
+    # How long the oldest queued image may wait for company once a backend slot is free. 0:
+    # sent at once, so batches form only while every slot is busy (the model server is).
+    max_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
+    # Backend calls in flight per process. None: 2 for tfserving (measured,
+    # benchmarks/results/gateway_ceiling.md), 1 for embedded (one TF thread runs them in turn).
+    max_inflight_batches: int | None = Field(default=None, ge=1, le=64)
     max_queue_images: int = Field(default=512, ge=1)  # beyond this: 503 + Retry-After
     # Shed (503 + Retry-After) when the estimated queue wait exceeds this or the time left of
     # the request's budget, instead of accepting work that would finish late. 0: off.
@@ -70,11 +83,18 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=20.0, ge=0.0)  # graceful shutdown bound
     retry_after_s: int = Field(default=1, ge=1)
 
-    # Workers.
-    decode_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # Decoding. A pool of threads per process decodes images off the event loop; None: the
+    # process's share of the cores, and at least 2.
+    decode_workers: int | None = Field(default=None, ge=1)
     # Decodes one request may run at once; None: all workers but one, so a request full of
     # costly images always leaves a worker for the others.
     max_decodes_per_request: int | None = Field(default=None, ge=1)
+    # Small images are decoded on the event loop itself, skipping two thread hops (~80 us of
+    # CPU each): a request's images while their declared pixels add up to at most this, and
+    # each file is at most 2 bytes per allowed pixel. 0: always the pool. None: 500 000 when
+    # there is a process per core (the pool's threads could only take turns with the loop),
+    # else 0 (the pool is how one process decodes on several cores).
+    inline_decode_max_pixels: int | None = Field(default=None, ge=0)
 
     # Circuit breaker (tfserving backend).
     breaker_failure_threshold: int = Field(default=5, ge=1)
@@ -93,11 +113,37 @@ class Settings(BaseSettings):
     # The browser demo page at `/` (service/page.py); off: `/` is a 404 like any unknown path.
     demo_page: bool = True
 
+    def worker_count(self) -> int:
+        """Gateway processes to run: `workers`, or the backend's default."""
+        if self.workers is not None:
+            return self.workers
+        return (os.cpu_count() or 1) if self.backend == "tfserving" else 1
+
+    def inflight_batches(self) -> int:
+        """Backend calls one process keeps in flight: `max_inflight_batches`, or the backend's
+        default."""
+        if self.max_inflight_batches is not None:
+            return self.max_inflight_batches
+        return 2 if self.backend == "tfserving" else 1
+
+    def decode_threads(self) -> int:
+        """Decode threads per process: `decode_workers`, or this process's share of the cores."""
+        if self.decode_workers is not None:
+            return self.decode_workers
+        return max(2, (os.cpu_count() or 1) // self.worker_count())
+
     def decode_slots_per_request(self) -> int:
         """How many of one request's images may decode at the same time."""
+        threads = self.decode_threads()
         if self.max_decodes_per_request is not None:
-            return min(self.max_decodes_per_request, self.decode_workers)
-        return max(1, self.decode_workers - 1)
+            return min(self.max_decodes_per_request, threads)
+        return max(1, threads - 1)
+
+    def inline_decode_pixels(self) -> int:
+        """Declared pixels per request decoded on the event loop (0: none)."""
+        if self.inline_decode_max_pixels is not None:
+            return self.inline_decode_max_pixels
+        return 500_000 if self.worker_count() >= (os.cpu_count() or 1) else 0
 
     @field_validator("tfserving_address")
     @classmethod
