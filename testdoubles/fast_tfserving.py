@@ -232,7 +232,7 @@ class FastTFServing:
 
     @property
     def address(self) -> str:
-        return f"{self._host}:{self.port}"
+        return self._host if self._host.startswith("unix:") else f"{self._host}:{self.port}"
 
     async def start(self) -> None:
         """Listen; returns once the server accepts calls."""
@@ -245,7 +245,10 @@ class FastTFServing:
             ]
         )
         server.add_generic_rpc_handlers((self._handlers(),))
-        self.port = server.add_insecure_port(f"{self._host}:{self._want_port}")
+        if self._host.startswith("unix:"):  # a Unix socket: TF Serving's --grpc_socket_path
+            self.port = server.add_insecure_port(self._host)
+        else:
+            self.port = server.add_insecure_port(f"{self._host}:{self._want_port}")
         if self.port == 0:
             raise DoubleError(f"cannot listen on {self._host}:{self._want_port}")
         await server.start()
