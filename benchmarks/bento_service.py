@@ -22,9 +22,9 @@ from typing import Any
 if os.environ.get("BENCH_SITE_PACKAGES"):  # TensorFlow, from the project's environment
     sys.path.append(os.environ["BENCH_SITE_PACKAGES"])
 
-import bentoml  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import bentoml
+import numpy as np
+from PIL import Image
 
 SIZE = int(os.environ.get("BENCH_SIZE", "32"))
 
@@ -49,7 +49,9 @@ class Classifier:
         out = []
         for row in probs:
             top = np.argsort(-row)[:5]
-            out.append({"predictions": [{"label": f"class_{i}", "score": float(row[i])} for i in top]})
+            out.append(
+                {"predictions": [{"label": f"class_{i}", "score": float(row[i])} for i in top]}
+            )
         return out
 
 
