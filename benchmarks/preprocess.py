@@ -5,11 +5,9 @@ round by round so that load from other processes hits both alike. Writes
 `benchmarks/results/preprocess.md` and `.json`.
 
     python -m benchmarks.preprocess [--rounds 4] [--seconds 0.3]
-    python -m benchmarks.preprocess --decoders [--pillow-simd-python PATH]
 
-`--decoders` compares JPEG decoders instead (simplejpeg, PyTurboJPEG, pillow-simd against
-our Pillow draft path; benchmarks/preprocess_decoders.py) and writes
-`benchmarks/results/preprocess_decoders.md` and `.json`.
+The same files through other JPEG decoders (simplejpeg, PyTurboJPEG, pillow-simd):
+`python -m benchmarks.preprocess_decoders` (benchmarks/preprocess_decoders.py).
 """
 
 from __future__ import annotations
@@ -193,12 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=0.3, help="minimum seconds per round")
-    parser.add_argument("--decoders", action="store_true", help="compare JPEG decoders instead")
-    parser.add_argument("--pillow-simd-python", help="a Python with pillow-simd (and our deps)")
     args = parser.parse_args()
-    if args.decoders:
-        main_decoders(args)
-        return
     configure_pillow()  # as the gateway does at start
     rows = run(args.rounds, args.seconds)
     meta: dict[str, object] = {
@@ -220,51 +213,6 @@ def main() -> None:
     (RESULTS / "preprocess.md").write_text(md, encoding="utf-8")
     (RESULTS / "preprocess.json").write_text(
         json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n", encoding="utf-8"
-    )
-
-
-def main_decoders(args: argparse.Namespace) -> None:
-    """`--decoders`: the decoder comparison, written to results/preprocess_decoders.*."""
-    import os
-
-    from benchmarks.preprocess_decoders import compare
-    from benchmarks.preprocess_decoders import to_markdown as decoders_markdown
-
-    files = {
-        "640x480": make_photo(640, 480),
-        "1920x1080": make_photo(1920, 1080),
-        "1920x1080 grainy": make_photo(1920, 1080, dense=True),
-        "4032x3024": make_photo(4032, 3024),
-    }
-    load_before = os.getloadavg()[0]
-    rows = compare(files, args.rounds, args.seconds, args.pillow_simd_python)
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    info = machine()
-    command = " ".join(["python -m benchmarks.preprocess", *sys.argv[1:]])
-    busy = (
-        " (**busy**: other jobs shared the cores)"
-        if max(load_before, os.getloadavg()[0]) > 1
-        else ""
-    )
-    lines = [
-        "# JPEG decoders: our Pillow draft path against libjpeg-turbo bindings and pillow-simd",
-        "",
-        f"- Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; command: `{command}`",
-        f"- Machine: {info['cpu']}, {info['cores']} CPUs ({info['platform']}); Python "
-        f"{platform.python_version()}; load average before {load_before:.2f}, after {load}{busy}",
-        f"- Method: {args.rounds} interleaved rounds of >= {args.seconds} s per decoder and "
-        "file; CPU seconds of the thread per image in the best round. Same files as the "
-        "preprocessing benchmark (benchmarks.preprocess.make_photo, q90).",
-        "",
-        *decoders_markdown(rows, list(files)),
-        "",
-    ]
-    md = "\n".join(lines)
-    print(md)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "preprocess_decoders.md").write_text(md, encoding="utf-8")
-    (RESULTS / "preprocess_decoders.json").write_text(
-        json.dumps({"command": command, "load": load, "rows": rows}, indent=2) + "\n"
     )
 
 

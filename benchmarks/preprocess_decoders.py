@@ -18,7 +18,9 @@ may be adopted: >= 1.3x faster on 1920x1080, a difference <= 2 grey levels, and 
 PyPI that work by themselves for the gateway image's platforms (linux x86_64 and aarch64,
 CPython 3.11+). A candidate that is not installed is reported as such.
 
-    python -m benchmarks.preprocess --decoders [--pillow-simd-python /path/to/python]
+    python -m benchmarks.preprocess_decoders [--pillow-simd-python /path/to/python]
+
+Writes `benchmarks/results/preprocess_decoders.md` and `.json`.
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import platform
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,8 +42,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from benchmarks.preprocess import RESULTS, machine, make_photo, per_image_s
 from contract.manifest import InputSpec, Preprocessing
-from service.decode import DecodeLimits, _plan, configure_pillow, decode_image
+from service.decode import DecodeLimits, configure_pillow, crop_plan, decode_image
 
 SPEC = InputSpec(height=224, width=224)
 PRE = Preprocessing(crop_fraction=0.875, interpolation="bilinear")
@@ -58,7 +64,7 @@ Decoder = Callable[[bytes], np.ndarray]
 
 def _finish(pixels: np.ndarray, stored: tuple[int, int]) -> np.ndarray:
     """Our crop-and-resize, from a decoded array of any scale of a `stored`-sized image."""
-    plan = _plan(stored, 1, SPEC, PRE)
+    plan = crop_plan(stored, 1, SPEC, PRE)
     shrink = stored[0] / pixels.shape[1]
     box = tuple(v / shrink for v in plan.box)
     out = Image.fromarray(pixels).resize(
@@ -69,7 +75,7 @@ def _finish(pixels: np.ndarray, stored: tuple[int, int]) -> np.ndarray:
 
 def _needed_fraction(stored: tuple[int, int]) -> float:
     """The smallest scale that keeps the crop box at least the output size."""
-    plan = _plan(stored, 1, SPEC, PRE)
+    plan = crop_plan(stored, 1, SPEC, PRE)
     left, top, right, bottom = plan.box
     return max(SPEC.width / (right - left), SPEC.height / (bottom - top))
 
@@ -121,8 +127,6 @@ def time_decoders(
     files: dict[str, bytes], found: dict[str, Decoder], rounds: int, seconds: float
 ) -> dict[str, dict[str, float]]:
     """Best-round CPU seconds per image, per decoder and file; interleaved round by round."""
-    from benchmarks.preprocess import per_image_s
-
     best: dict[str, dict[str, float]] = {name: {} for name in found}
     for size, data in files.items():
         for _ in range(rounds):
@@ -232,12 +236,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=0.3)
+    parser.add_argument("--seconds", type=float, default=0.3, help="minimum seconds per round")
+    parser.add_argument("--pillow-simd-python", help="a Python with pillow-simd (and our deps)")
     args = parser.parse_args()
     if args.worker:
         worker(args)
-    else:
-        sys.exit("run it through `python -m benchmarks.preprocess --decoders`")
+        return
+    files = {
+        "640x480": make_photo(640, 480),
+        "1920x1080": make_photo(1920, 1080),
+        "1920x1080 grainy": make_photo(1920, 1080, dense=True),
+        "4032x3024": make_photo(4032, 3024),
+    }
+    load_before = os.getloadavg()[0]
+    rows = compare(files, args.rounds, args.seconds, args.pillow_simd_python)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    info = machine()
+    command = " ".join(["python -m benchmarks.preprocess_decoders", *sys.argv[1:]])
+    busy = max(load_before, os.getloadavg()[0]) > 1
+    lines = [
+        "# JPEG decoders: our Pillow draft path against libjpeg-turbo bindings and pillow-simd",
+        "",
+        f"- Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; command: `{command}`",
+        f"- Machine: {info['cpu']}, {info['cores']} CPUs ({info['platform']}); Python "
+        f"{platform.python_version()}; load average before {load_before:.2f}, after {load}"
+        + (" (**busy**: other jobs shared the cores)" if busy else ""),
+        f"- Method: {args.rounds} interleaved rounds of >= {args.seconds} s per decoder and "
+        "file; CPU seconds of the thread per image in the best round. Same photo-like files as "
+        "the preprocessing benchmark (benchmarks.preprocess.make_photo, q90).",
+        "",
+        *to_markdown(rows, list(files)),
+        "",
+    ]
+    md = "\n".join(lines)
+    print(md)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "preprocess_decoders.md").write_text(md, encoding="utf-8")
+    (RESULTS / "preprocess_decoders.json").write_text(
+        json.dumps({"command": command, "load": load, "busy": busy, "rows": rows}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -118,8 +118,11 @@ def _one_line(exc: BaseException) -> str:
     return text[:200]
 
 
-def _plan(stored: tuple[int, int], orientation: int, spec: InputSpec, pre: Preprocessing) -> _Plan:
-    """The crop box and output size in stored coordinates; a centred box is rotation-invariant."""
+def crop_plan(
+    stored: tuple[int, int], orientation: int, spec: InputSpec, pre: Preprocessing
+) -> _Plan:
+    """The crop box and output size in stored coordinates (a centred box is rotation-invariant),
+    and the JPEG draft scale; public so a benchmark can give another decoder the same crop."""
     sw, sh = stored
     swap = orientation in (5, 6, 7, 8)
     ow, oh = (sh, sw) if swap else (sw, sh)  # upright size
@@ -319,7 +322,7 @@ def _decode_opened(
     if isinstance(im, JpegImagePlugin.JpegImageFile):  # JPEG and MPO
         # JPEG EXIF sits in APP1, parsed with the header: orient and draft before decoding.
         orientation = _orientation(im) if pre.apply_exif_orientation else 1
-        plan = _plan(stored, orientation, spec, pre)
+        plan = crop_plan(stored, orientation, spec, pre)
         if plan.draft_scale > 1:
             a = plan.draft_scale
             drafted = im.draft("RGB", (stored[0] // a, stored[1] // a))
@@ -329,7 +332,7 @@ def _decode_opened(
     else:
         _load(im, stored, data_len)  # PNG may carry eXIf after the pixels: load first
         orientation = _orientation(im) if pre.apply_exif_orientation else 1
-        plan = _plan(stored, orientation, spec, pre)
+        plan = crop_plan(stored, orientation, spec, pre)
     left, top, right, bottom = (v / shrink for v in plan.box)
     out = _resizable(im).resize(
         plan.size,
