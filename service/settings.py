@@ -6,6 +6,7 @@ Library code never reads the environment itself: `Settings()` is built once at s
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -14,6 +15,24 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "RESNET_SERVING_"
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+
+
+def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The cores this process may use: its CPU affinity, lowered to a container's CPU quota
+    (cgroup v2 `cpu.max`, what `docker run --cpus` and a Kubernetes CPU limit set), which
+    `os.cpu_count()` does not see. At least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 file, or not the expected two numbers
+        pass
+    return max(1, cores)
 
 
 class Settings(BaseSettings):
@@ -42,8 +61,9 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=2048, ge=1)  # per process, within the fd limit
 
     # Processes behind the one port (uvicorn's supervisor restarts any that dies). None: one
-    # per core for the tfserving backend; 1 for the embedded one, which loads the model and
-    # runs TensorFlow in every process (N copies in memory, N sets of TF threads).
+    # per available core (`available_cpus`: affinity and container CPU quota) for the
+    # tfserving backend; 1 for the embedded one, which loads the model and runs TensorFlow in
+    # every process (N copies in memory, N sets of TF threads).
     workers: int | None = Field(default=None, ge=1, le=256)
     # With several workers: the folder their metric files live in, summed by /metrics (wiped
     # at start; a tmpfs is best). None: a temporary folder, removed at exit.
@@ -117,7 +137,7 @@ class Settings(BaseSettings):
         """Gateway processes to run: `workers`, or the backend's default."""
         if self.workers is not None:
             return self.workers
-        return (os.cpu_count() or 1) if self.backend == "tfserving" else 1
+        return available_cpus() if self.backend == "tfserving" else 1
 
     def inflight_batches(self) -> int:
         """Backend calls one process keeps in flight: `max_inflight_batches`, or the backend's
@@ -130,7 +150,7 @@ class Settings(BaseSettings):
         """Decode threads per process: `decode_workers`, or this process's share of the cores."""
         if self.decode_workers is not None:
             return self.decode_workers
-        return max(2, (os.cpu_count() or 1) // self.worker_count())
+        return max(2, available_cpus() // self.worker_count())
 
     def decode_slots_per_request(self) -> int:
         """How many of one request's images may decode at the same time."""
@@ -143,7 +163,7 @@ class Settings(BaseSettings):
         """Declared pixels per request decoded on the event loop (0: none)."""
         if self.inline_decode_max_pixels is not None:
             return self.inline_decode_max_pixels
-        return 500_000 if self.worker_count() >= (os.cpu_count() or 1) else 0
+        return 500_000 if self.worker_count() >= available_cpus() else 0
 
     @field_validator("tfserving_address")
     @classmethod

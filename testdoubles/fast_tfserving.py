@@ -14,18 +14,23 @@ the signature, the `images` input as uint8 `[n, H, W, 3]` of the manifest's size
 in `float_val`, as TF Serving does by default (row i puts 0.9 on class i mod classes), each
 reply serialised once per batch size and reused.
 
-`concurrency` bounds the batches it serves at once (None: no bound, every call sleeps its own
-time; 1: one after another, like one GPU stream); `max_queued` bounds the calls that wait for
-one of those slots, beyond which a call is answered UNAVAILABLE with TF Serving's queue-full
-text (`Queue::ValidateBatchTaskQueueCapacity`, tensorflow/core/kernels/batching_util/
-shared_batch_scheduler.h), so the gateway's overload path can be exercised. Timing: the
-event loop's timers wake within about a millisecond, so replies come up to ~1 ms late.
+`concurrency` bounds the batches it serves at once (None: no bound, every batch sleeps its
+own time; 1: one after another, like one GPU stream); `max_queued` bounds the batches that
+wait for one of those slots, beyond which a call is answered UNAVAILABLE with TF Serving's
+queue-full text (`Queue::ValidateBatchTaskQueueCapacity`, tensorflow/core/kernels/
+batching_util/shared_batch_scheduler.h), so the gateway's overload path can be exercised.
+Each call is its own batch, unless `batch_timeout_ms` > 0: then calls are merged the way TF
+Serving's batching merges them (a batch opens with a call, closes `batch_timeout_ms` later or
+at `max_batch_size` images, and its calls end together), so the effect of several calls in
+flight from one gateway process can be measured. Timing: the event loop's timers wake within
+about a millisecond, so replies come up to ~1 ms late.
 
-It is NOT TF Serving: no model runs, no batching of its own (each call is one "GPU" batch),
-no REST API, one model and one version, no version lifecycle.
+It is NOT TF Serving: no model runs, no REST API, one model and one version, no version
+lifecycle, no padding to allowed batch sizes.
 
     python -m testdoubles.fast_tfserving --model-base B --model-name N [--port 8500]
         [--base-ms 1.5] [--per-image-ms 0.04] [--concurrency K] [--max-queued Q]
+        [--batch-timeout-ms 2 --max-batch-size 64]
 """
 
 from __future__ import annotations
@@ -69,12 +74,17 @@ QUEUE_FULL = (
 
 @dataclass(frozen=True)
 class Speed:
-    """How the double's "GPU" behaves: time per call, slots, and a bounded queue."""
+    """How the double's "GPU" behaves: time per batch, slots, a bounded queue, and optionally
+    TF Serving's batching window."""
 
-    base_ms: float = 1.5  # per Predict, whatever its batch
+    base_ms: float = 1.5  # per batch, whatever its size
     per_image_ms: float = 0.04  # per image in it
     concurrency: int | None = None  # batches served at once; None: no bound
-    max_queued: int | None = None  # calls waiting for a slot before queue-full; None: no bound
+    max_queued: int | None = None  # batches waiting for a slot before queue-full; None: no bound
+    # > 0: calls are merged as TF Serving's batching merges them: a batch opens with a call
+    # and closes after this long or at max_batch_size images; its calls end together.
+    batch_timeout_ms: float = 0.0
+    max_batch_size: int = 64
 
     def __post_init__(self) -> None:
         if self.base_ms < 0 or self.per_image_ms < 0:
@@ -82,16 +92,29 @@ class Speed:
                 f"base_ms and per_image_ms must be >= 0. Received: {self.base_ms}, "
                 f"{self.per_image_ms}"
             )
-        if (self.concurrency is not None and self.concurrency < 1) or (
-            self.max_queued is not None and self.max_queued < 0
+        if (
+            (self.concurrency is not None and self.concurrency < 1)
+            or (self.max_queued is not None and self.max_queued < 0)
+            or self.batch_timeout_ms < 0
+            or self.max_batch_size < 1
         ):
             raise ValueError(
-                f"concurrency must be >= 1 and max_queued >= 0. Received: "
-                f"{self.concurrency}, {self.max_queued}"
+                f"concurrency and max_batch_size must be >= 1, max_queued and "
+                f"batch_timeout_ms >= 0. Received: {self.concurrency}, {self.max_batch_size}, "
+                f"{self.max_queued}, {self.batch_timeout_ms}"
             )
 
     def seconds(self, n: int) -> float:
         return (self.base_ms + self.per_image_ms * n) / 1000.0
+
+
+@dataclass
+class _Batch:
+    """Calls merged by the batching window: they end together."""
+
+    done: asyncio.Future[None]
+    size: int = 0
+    closed: bool = False
 
 
 class _Invalid(Exception):
@@ -220,6 +243,8 @@ class FastTFServing:
         self.images = 0
         self.queue_full = 0
         self._waiting = 0
+        self._open: _Batch | None = None  # the batch taking calls (batch_timeout_ms > 0)
+        self._batches: set[asyncio.Task[None]] = set()
         self._server: grpc.aio.Server | None = None
         self._slots: asyncio.Semaphore | None = None
 
@@ -291,29 +316,80 @@ class FastTFServing:
             n = self._model.batch_size(request)
         except _Invalid as exc:
             await context.abort(exc.code, str(exc))
-        slots = self._slots
-        if slots is None:
-            await asyncio.sleep(self.speed.seconds(n))
+        if self.speed.batch_timeout_ms > 0:
+            batch = self._join_batch(n)
+            if batch is None:
+                await self._queue_full(context)
+            assert batch is not None
+            await asyncio.shield(batch.done)
         else:
-            limit = self.speed.max_queued
-            if slots.locked() and limit is not None and self._waiting >= limit:
-                self.queue_full += 1
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    QUEUE_FULL.format(queued=self._waiting, limit=limit),
-                )
-            self._waiting += 1
-            try:
-                await slots.acquire()
-            finally:
-                self._waiting -= 1
-            try:
-                await asyncio.sleep(self.speed.seconds(n))
-            finally:
-                slots.release()
+            if self._no_room():
+                await self._queue_full(context)
+            await self._run(n)
         self.calls += 1
         self.images += n
         return self._model.reply(n)
+
+    def _no_room(self) -> bool:
+        """A new batch would have to wait for a slot behind `max_queued` others."""
+        slots, limit = self._slots, self.speed.max_queued
+        return slots is not None and slots.locked() and limit is not None and self._waiting >= limit
+
+    async def _queue_full(self, context: grpc.aio.ServicerContext) -> None:
+        self.queue_full += 1
+        limit = self.speed.max_queued
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, QUEUE_FULL.format(queued=self._waiting, limit=limit)
+        )
+
+    async def _run(self, images: int) -> None:
+        """One batch on the "GPU": wait for a slot (if bounded), then take its time."""
+        slots = self._slots
+        if slots is None:
+            await asyncio.sleep(self.speed.seconds(images))
+            return
+        self._waiting += 1
+        try:
+            await slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            await asyncio.sleep(self.speed.seconds(images))
+        finally:
+            slots.release()
+
+    def _join_batch(self, n: int) -> _Batch | None:
+        """The open batch this call joins (a new one if none has room); None: queue full."""
+        batch = self._open
+        if batch is None or batch.size + n > self.speed.max_batch_size:
+            if self._no_room():
+                return None
+            loop = asyncio.get_running_loop()
+            batch = self._open = _Batch(loop.create_future())
+            loop.call_later(self.speed.batch_timeout_ms / 1000.0, self._close, batch)
+        batch.size += n
+        if batch.size >= self.speed.max_batch_size:
+            self._close(batch)
+        return batch
+
+    def _close(self, batch: _Batch) -> None:
+        """The batch takes no more calls; it runs, and its calls end together."""
+        if batch.closed:
+            return
+        batch.closed = True
+        if self._open is batch:
+            self._open = None
+
+        async def run() -> None:
+            try:
+                await self._run(batch.size)
+            finally:
+                if not batch.done.done():
+                    batch.done.set_result(None)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
 
     async def _metadata(self, request: Any, context: grpc.aio.ServicerContext) -> bytes:
         await self._check_name(request.model_spec.name, context)
@@ -342,8 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-image-ms", type=float, default=Speed.per_image_ms)
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--max-queued", type=int, default=None)
+    parser.add_argument("--batch-timeout-ms", type=float, default=0.0)
+    parser.add_argument("--max-batch-size", type=int, default=Speed.max_batch_size)
     args = parser.parse_args(argv)
-    speed = Speed(args.base_ms, args.per_image_ms, args.concurrency, args.max_queued)
+    speed = Speed(args.base_ms, args.per_image_ms, args.concurrency, args.max_queued,
+                  args.batch_timeout_ms, args.max_batch_size)  # fmt: skip
     double = FastTFServing.from_model_base(
         args.model_base, args.model_name, args.model_version, speed=speed, host=args.host,
         port=args.port,
@@ -384,6 +463,12 @@ def spawn(
         args += ["--concurrency", str(s.concurrency)]
     if s.max_queued is not None:
         args += ["--max-queued", str(s.max_queued)]
+    args += [
+        "--batch-timeout-ms",
+        str(s.batch_timeout_ms),
+        "--max-batch-size",
+        str(s.max_batch_size),
+    ]
     with contextlib.ExitStack() as stack:
         if log is None:
             log = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "double.log"

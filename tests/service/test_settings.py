@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from service.settings import Settings
+from service.settings import Settings, available_cpus
 
 
 @pytest.mark.parametrize(
@@ -44,7 +46,7 @@ def test_defaults_follow_the_backend_and_the_cores(
     threads: int,
     inline: int,
 ) -> None:
-    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    monkeypatch.setattr("service.settings.available_cpus", lambda: cores)
     s = Settings(**given)  # type: ignore[arg-type]
     assert s.worker_count() == workers
     assert s.inflight_batches() == inflight
@@ -60,3 +62,25 @@ def test_every_new_setting_reads_from_the_environment(monkeypatch: pytest.Monkey
     s = Settings()
     assert (s.workers, s.max_inflight_batches, str(s.metrics_dir)) == (3, 5, "/dev/shm/m")
     assert s.inline_decode_pixels() == 0
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [
+        ("max 100000\n", 4),  # no quota: the affinity
+        ("200000 100000\n", 2),  # --cpus 2
+        ("150000 100000\n", 2),  # 1.5 cores: a second process still has work
+        ("50000 100000\n", 1),
+        ("800000 100000\n", 4),  # a quota above the cores this process may run on
+        (None, 4),  # no cgroup v2 file
+        ("garbage", 4),
+    ],
+)
+def test_available_cpus_sees_a_containers_cpu_quota(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cpu_max: str | None, expected: int
+) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    assert available_cpus(path) == expected

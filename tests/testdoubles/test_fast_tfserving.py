@@ -116,6 +116,32 @@ async def test_queue_full_is_overload_not_an_outage(model_base: Path) -> None:
             await b.close()
 
 
+async def test_with_a_batching_window_calls_are_merged_and_end_together(
+    model_base: Path,
+) -> None:
+    windowed = Speed(base_ms=50.0, per_image_ms=0.0, batch_timeout_ms=150.0, max_batch_size=4)
+    with spawn(model_base, NAME, speed=windowed) as address:
+        b = backend(address, model_base)
+        await b.start()
+        loop = asyncio.get_running_loop()
+
+        async def call(n: int, delay_s: float) -> float:
+            await asyncio.sleep(delay_s)
+            assert (await b.predict(images(n), timeout_s=5)).shape == (n, CLASSES)
+            return loop.time()
+
+        try:
+            t0 = loop.time()
+            # Two calls 50 ms apart share one window; a third that would overfill the batch
+            # (4 images) opens the next one, which is full at once and does not wait.
+            first, second, full = await asyncio.gather(call(1, 0.0), call(1, 0.05), call(4, 0.1))
+        finally:
+            await b.close()
+    assert abs(second - first) < 0.03  # the merged calls ended together...
+    assert first - t0 >= 0.15 + 0.05  # ...after the window and the batch's own time
+    assert full - t0 < first - t0  # the full batch did not wait for a window
+
+
 async def test_an_unknown_model_fails_the_start_with_tf_servings_words(
     double: str, tmp_path: Path
 ) -> None:
