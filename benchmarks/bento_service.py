@@ -31,7 +31,7 @@ SIZE = int(os.environ.get("BENCH_SIZE", "32"))
 
 @bentoml.service(workers=1, traffic={"timeout": 60})
 class Classifier:
-    """`POST /classify` (multipart field `images`): top-5 per image, adaptive batching."""
+    """`POST /classify` (multipart field `image`): top-5 per image, adaptive batching."""
 
     def __init__(self) -> None:
         import tensorflow as tf
@@ -41,9 +41,9 @@ class Classifier:
         self.fn = self.loaded.signatures["serving_default"]
 
     @bentoml.api(batchable=True, max_batch_size=32, max_latency_ms=10_000)
-    def classify(self, images: list[Image.Image]) -> list[dict[str, Any]]:
+    def classify(self, image: list[Image.Image]) -> list[dict[str, Any]]:
         pixels = np.stack(
-            [np.asarray(im.convert("RGB").resize((SIZE, SIZE)), dtype=np.uint8) for im in images]
+            [np.asarray(im.convert("RGB").resize((SIZE, SIZE)), dtype=np.uint8) for im in image]
         )
         probs = self.fn(images=self.tf.constant(pixels))["probabilities"].numpy()
         out = []

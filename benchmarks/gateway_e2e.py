@@ -2,8 +2,8 @@
 
 Builds `resnet_cifar` (32x32, 10 classes, random weights), exports it with `export_model`,
 then serves it through each gateway in turn, one after the other so they never share the
-CPU, under the same `hey` load (after a warmup each), POSTing one 451x300 JPEG photo as a raw
-body:
+CPU, under the same load from our load tester (closed loop, after a warmup each), POSTing one
+451x300 JPEG photo as a raw body:
 
     ours       `resnet-serving serve --backend embedded`: decode pool, micro-batching up to 32
                (sent at once while the model is idle, batched while it is busy), XLA SavedModel
@@ -16,8 +16,8 @@ body:
                importable) BentoML's adaptive batching (`batchable=True`) over the same
                SavedModel signature: benchmarks/bento_service.py
 
-Two loads per gateway: `hey -c 1` (lone requests: the latency of an idle server) and
-`hey -c <clients>` (throughput). Writes `benchmarks/results/gateway_e2e.md`.
+Two loads per gateway: one client (lone requests: the latency of an idle server) and
+`--clients` clients back to back (throughput). Writes `benchmarks/results/gateway_e2e.md`.
 
     python -m benchmarks.gateway_e2e [--clients 32] [--seconds 15] [--keras]
         [--bentoml-python PATH]
@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
 import os
 import shutil
 import site
@@ -41,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 
+from benchmarks import gateway_proc
 from benchmarks.gateway_proc import free_port, machine_line, now_utc
 from benchmarks.preprocess import make_photo
 
@@ -55,12 +53,12 @@ NAME, SIZE, CLASSES = "bench", 32, 10
 class Result:
     name: str
     rps: float
-    p50_ms: float
-    p99_ms: float
+    p50_ms: float | None  # None: no request succeeded
+    p99_ms: float | None
     ok: int
     errors: int
-    lone_p50_ms: float
-    lone_p99_ms: float
+    lone_p50_ms: float | None
+    lone_p99_ms: float | None
 
 
 def export(tmp: Path) -> tuple[Path, Path]:
@@ -114,26 +112,18 @@ def server(cmd: list[str], ready_url: str, log: Path) -> Iterator[None]:
             proc.wait()
 
 
-def hey(url: str, body: Path, content_type: str, clients: int, seconds: float) -> str:
-    """hey's per-request CSV (hey's own summary skips p99 when it has few samples)."""
-    # -t 60: a per-request timeout far above any latency here, so slow answers are measured,
-    # not cut off and dropped from the percentiles.
-    cmd = ["hey", "-z", f"{seconds}s", "-c", str(clients), "-t", "60", "-m", "POST"]
-    cmd += ["-T", content_type, "-D", str(body), "-o", "csv", url]
-    return subprocess.run(
-        cmd, capture_output=True, text=True, check=True, timeout=seconds + 120
-    ).stdout
-
-
-def parse(csv_text: str) -> tuple[float, float, float, int, int]:
-    """Throughput until the last answer, exact p50/p99, 200s, non-200s."""
-    rows = list(csv.DictReader(io.StringIO(csv_text)))
-    latency = np.array([float(r["response-time"]) for r in rows])
-    ends = np.array([float(r["offset"]) + float(r["response-time"]) for r in rows])
-    ok = sum(r["status-code"] == "200" for r in rows)
-    rps = ok / float(ends.max()) if len(rows) else 0.0
-    p50, p99 = (float(np.percentile(latency, q)) * 1000 for q in (50, 99))
-    return rps, p50, p99, ok, len(rows) - ok
+def load(url: str, images: Path, body: str, clients: int, seconds: float, warmup: float,
+         out: Path) -> tuple[float, float, float, int, int]:  # fmt: skip
+    """Our load tester, closed loop with `clients` back to back: (req/s, p50 ms, p99 ms, 200s,
+    failures). Latency percentiles are over the 200s; the 60 s timeout never cuts one short."""
+    result = gateway_proc.loadtest(
+        url, out, "--images", str(images), "--body", body, "--concurrency", str(clients),
+        "--duration", str(seconds), "--warmup", str(warmup), "--timeout", "60",
+        timeout_s=seconds + warmup + 300, path="",
+    )  # fmt: skip
+    step = result["steps"][0]
+    lat = step["latency_ms"]
+    return step["throughput_rps"], lat["p50_ms"], lat["p99_ms"], step["ok"], step["errors"]
 
 
 @dataclass(frozen=True)
@@ -142,38 +132,21 @@ class Peer:
     cmd: list[str]
     ready: str
     url: str
-    body: Path
-    content_type: str
+    body: str  # how the load tester sends the image: raw, or multipart (field `image`)
 
 
-def run_one(peer: Peer, args: argparse.Namespace, logdir: Path) -> Result:
+def run_one(peer: Peer, args: argparse.Namespace, images: Path, logdir: Path) -> Result:
     with server(peer.cmd, peer.ready, logdir / f"{peer.name}.log"):
-        hey(peer.url, peer.body, peer.content_type, args.clients, args.warmup)
-        _, lone_p50, lone_p99, _, _ = parse(
-            hey(peer.url, peer.body, peer.content_type, 1, args.lone_seconds)
+        run = logdir / peer.name
+        _, lone_p50, lone_p99, _, _ = load(
+            peer.url, images, peer.body, 1, args.lone_seconds, args.warmup, run / "lone"
         )
-        rps, p50, p99, ok, errors = parse(
-            hey(peer.url, peer.body, peer.content_type, args.clients, args.seconds)
+        rps, p50, p99, ok, errors = load(
+            peer.url, images, peer.body, args.clients, args.seconds, args.warmup, run / "many"
         )
     result = Result(peer.name, rps, p50, p99, ok, errors, lone_p50, lone_p99)
     print(result, flush=True)
     return result
-
-
-def multipart(path: Path, field: str) -> tuple[Path, str]:
-    """A multipart body file with one image, and its content type (for BentoML's API)."""
-    boundary = "benchboundary7f3a"
-    data = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
-            f'filename="photo.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
-        ).encode()
-        + path.read_bytes()
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    out = path.with_suffix(".multipart")
-    out.write_bytes(data)
-    return out, f"multipart/form-data; boundary={boundary}"
 
 
 def main() -> None:
@@ -185,12 +158,11 @@ def main() -> None:
     parser.add_argument("--keras", action="store_true", help="also the model.predict gateway")
     parser.add_argument("--bentoml-python", help="a Python with bentoml (and TensorFlow)")
     args = parser.parse_args()
-    if shutil.which("hey") is None:
-        sys.exit("needs `hey` on PATH (apt-get install -y hey)")
     tmp = Path(tempfile.mkdtemp(prefix="gateway_e2e-"))
     version_dir, keras_path = export(tmp)
-    body = tmp / "photo.jpg"
-    body.write_bytes(make_photo(451, 300))
+    images = tmp / "images"
+    images.mkdir()
+    (images / "photo.jpg").write_bytes(make_photo(451, 300))
 
     py = sys.executable
     ours_port, naive_port, keras_port, bento_port = (free_port() for _ in range(4))
@@ -200,12 +172,12 @@ def main() -> None:
                       "--port", str(ours_port), "--max-batch-size", "32", "--log-level",
                       "warning"],
              f"http://127.0.0.1:{ours_port}/readyz", f"http://127.0.0.1:{ours_port}/v1/classify",
-             body, "image/jpeg"),
+             "raw"),
         Peer("signature", [py, "-m", "benchmarks.naive_gateway", "--mode", "signature",
                            "--model", str(version_dir), "--size", str(SIZE), "--labels",
                            str(CLASSES), "--port", str(naive_port)],
              f"http://127.0.0.1:{naive_port}/health", f"http://127.0.0.1:{naive_port}/predict",
-             body, "image/jpeg"),
+             "raw"),
     ]  # fmt: skip
     if args.keras:
         peers.append(Peer(
@@ -213,21 +185,24 @@ def main() -> None:
                       str(keras_path), "--size", str(SIZE), "--labels", str(CLASSES), "--port",
                       str(keras_port)],
             f"http://127.0.0.1:{keras_port}/health", f"http://127.0.0.1:{keras_port}/predict",
-            body, "image/jpeg",
+            "raw",
         ))  # fmt: skip
     if args.bentoml_python:
-        mp, mp_type = multipart(body, "images")
         peers.append(Peer(
             "bentoml", [args.bentoml_python, str(ROOT / "benchmarks" / "bento_service.py"),
                         "--model", str(version_dir), "--size", str(SIZE), "--port",
                         str(bento_port), "--site-packages", site.getsitepackages()[0]],
             f"http://127.0.0.1:{bento_port}/readyz", f"http://127.0.0.1:{bento_port}/classify",
-            mp, mp_type,
+            "multipart",
         ))  # fmt: skip
-    results = [run_one(peer, args, tmp) for peer in peers]
+    results = [run_one(peer, args, images, tmp) for peer in peers]
     write(results, args)
     print(RESULTS.read_text())
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ms(value: float | None, fmt: str = ".1f") -> str:
+    return "-" if value is None else format(value, fmt)
 
 
 def write(results: list[Result], args: argparse.Namespace) -> None:
@@ -235,13 +210,13 @@ def write(results: list[Result], args: argparse.Namespace) -> None:
     ours, peer = by["ours"], by["signature"]
     ratio = ours.rps / peer.rps if peer.rps else float("inf")
     rows = "\n".join(
-        f"| {r.name} | {r.rps:.1f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.ok} | {r.errors} | "
-        f"{r.lone_p50_ms:.2f} | {r.lone_p99_ms:.2f} |"
+        f"| {r.name} | {r.rps:.1f} | {_ms(r.p50_ms)} | {_ms(r.p99_ms)} | {r.ok} | {r.errors} | "
+        f"{_ms(r.lone_p50_ms, '.2f')} | {_ms(r.lone_p99_ms, '.2f')} |"
         for r in results
     )
     others = "; ".join(
         f"ours / {r.name}: **{ours.rps / r.rps:.1f}x** throughput, lone p50 "
-        f"{ours.lone_p50_ms:.2f} vs {r.lone_p50_ms:.2f} ms"
+        f"{_ms(ours.lone_p50_ms, '.2f')} vs {_ms(r.lone_p50_ms, '.2f')} ms"
         for r in results
         if r.name not in ("ours", "signature") and r.rps
     )
@@ -254,9 +229,10 @@ def write(results: list[Result], args: argparse.Namespace) -> None:
 - Machine: {machine_line()}. The gateways ran one after the other in the same run.
 - Model: `resnet_cifar` (ResNet-20), 32x32x3 -> {CLASSES} classes, random weights, one export.
 - Input: one 451x300 photo-like JPEG (benchmarks.preprocess.make_photo, q90) per request, raw
-  body (multipart for BentoML, whose API takes a file).
-- Load: lone requests `hey -c 1 -z {args.lone_seconds}s`, then throughput `hey -c {args.clients} -z {args.seconds}s -t 60`,
-  after a {args.warmup} s warmup each; one process per gateway.
+  body (multipart field `image` for BentoML, whose API takes a file).
+- Load: our load tester, closed loop: lone requests `--concurrency 1` for {args.lone_seconds} s, then
+  `--concurrency {args.clients}` for {args.seconds} s (timeout 60 s), each after a {args.warmup} s warmup;
+  one process per gateway.
 - ours: `resnet-serving serve --backend embedded` (decode pool, micro-batching up to 32, sent at
   once while the model is idle). signature: `benchmarks/naive_gateway.py --mode signature`
   (Pillow decode and the SavedModel's `serving_default` per request in the async handler).
@@ -264,15 +240,15 @@ def write(results: list[Result], args: argparse.Namespace) -> None:
   (BentoML's adaptive batching over the same signature).
 - Command: `{cmd}`
 
-Throughput counts 200s until the last answer arrived; p50/p99 from every request's latency.
+Throughput: 200s per second of the measured window; p50/p99 over the 200s.
 
 | gateway | throughput (req/s) | p50 (ms) | p99 (ms) | 200 OK | errors | lone p50 (ms) | lone p99 (ms) |
 |---|---|---|---|---|---|---|---|
 {rows}
 
 Ours / the SavedModel signature called per request: **{ratio:.1f}x** throughput, p99
-{ours.p99_ms:.0f} vs {peer.p99_ms:.0f} ms, lone-request p50 {ours.lone_p50_ms:.2f} vs
-{peer.lone_p50_ms:.2f} ms.{" " + others + "." if others else ""}
+{_ms(ours.p99_ms, ".0f")} vs {_ms(peer.p99_ms, ".0f")} ms, lone-request p50 {_ms(ours.lone_p50_ms, ".2f")} vs
+{_ms(peer.lone_p50_ms, ".2f")} ms.{" " + others + "." if others else ""}
 """
     )
 

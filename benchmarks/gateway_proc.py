@@ -117,9 +117,11 @@ def gateway(model_base: Path, log: Path, **settings: Any) -> Iterator[Gateway]:
             proc.wait()
 
 
-def loadtest(url: str, out: Path, *args: str, timeout_s: float) -> dict[str, Any]:
-    """Run `resnet-serving loadtest run URL ARGS --out OUT --quiet`; its result.json."""
-    cmd = [sys.executable, "-m", "resnet_serving", "loadtest", "run", f"{url}/v1/classify",
+def loadtest(
+    url: str, out: Path, *args: str, timeout_s: float, path: str = "/v1/classify"
+) -> dict[str, Any]:
+    """Run `resnet-serving loadtest run URL+PATH ARGS --out OUT --quiet`; its result.json."""
+    cmd = [sys.executable, "-m", "resnet_serving", "loadtest", "run", f"{url}{path}",
            *args, "--out", str(out), "--quiet"]  # fmt: skip
     proc = subprocess.run(cmd, env=child_env(), cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout_s)  # fmt: skip

@@ -128,7 +128,7 @@ async def _start_backend(state: GatewayState) -> None:
             max_wait_ms=s.max_wait_ms,
             max_queue_images=s.max_queue_images,
             max_queue_wait_s=s.max_queue_wait_s,
-            max_inflight_batches=s.inflight_batches(),
+            max_inflight_batches=s.max_inflight_batches,
             retry_after_s=s.retry_after_s,
             on_batch=state.metrics.batch_observer(state.backend.name),
             on_queue_depth=state.metrics.queue_depth.set,

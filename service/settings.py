@@ -74,9 +74,11 @@ class Settings(BaseSettings):
     # How long the oldest queued image may wait for company once a backend slot is free. 0:
     # sent at once, so batches form only while every slot is busy (the model server is).
     max_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
-    # Backend calls in flight per process. None: 2 for tfserving (measured,
-    # benchmarks/results/gateway_ceiling.md), 1 for embedded (one TF thread runs them in turn).
-    max_inflight_batches: int | None = Field(default=None, ge=1, le=64)
+    # Backend calls in flight per process. 1 measured best for tfserving: each gRPC call costs
+    # ~0.2 ms of CPU, so a second slot halves batches at a given load for no latency gain when
+    # TF Serving batches (benchmarks/results/gateway_ceiling.md); the embedded backend runs
+    # calls in turn on one TensorFlow thread anyway.
+    max_inflight_batches: int = Field(default=1, ge=1, le=64)
     max_queue_images: int = Field(default=512, ge=1)  # beyond this: 503 + Retry-After
     # Shed (503 + Retry-After) when the estimated queue wait exceeds this or the time left of
     # the request's budget, instead of accepting work that would finish late. 0: off.
@@ -138,13 +140,6 @@ class Settings(BaseSettings):
         if self.workers is not None:
             return self.workers
         return available_cpus() if self.backend == "tfserving" else 1
-
-    def inflight_batches(self) -> int:
-        """Backend calls one process keeps in flight: `max_inflight_batches`, or the backend's
-        default."""
-        if self.max_inflight_batches is not None:
-            return self.max_inflight_batches
-        return 2 if self.backend == "tfserving" else 1
 
     def decode_threads(self) -> int:
         """Decode threads per process: `decode_workers`, or this process's share of the cores."""

@@ -12,9 +12,9 @@ from service.settings import Settings, available_cpus
 @pytest.mark.parametrize(
     ("given", "cores", "workers", "inflight", "threads", "inline"),
     [
-        # tfserving: a process per core, 2 calls in flight each, the loop decodes small images
-        ({"backend": "tfserving"}, 8, 8, 2, 2, 500_000),
-        ({"backend": "tfserving"}, 1, 1, 2, 2, 500_000),
+        # tfserving: a process per core, the loop decodes small images
+        ({"backend": "tfserving"}, 8, 8, 1, 2, 500_000),
+        ({"backend": "tfserving"}, 1, 1, 1, 2, 500_000),
         # embedded: one process (TensorFlow and the model once), one call at a time, the pool
         # decodes on every core
         ({"backend": "embedded"}, 8, 1, 1, 8, 0),
@@ -34,7 +34,7 @@ from service.settings import Settings, available_cpus
             3,
             0,
         ),
-        ({"backend": "tfserving", "workers": 2}, 8, 2, 2, 4, 0),  # fewer processes than cores
+        ({"backend": "tfserving", "workers": 2}, 8, 2, 1, 4, 0),  # fewer processes than cores
     ],
 )
 def test_defaults_follow_the_backend_and_the_cores(
@@ -49,7 +49,7 @@ def test_defaults_follow_the_backend_and_the_cores(
     monkeypatch.setattr("service.settings.available_cpus", lambda: cores)
     s = Settings(**given)  # type: ignore[arg-type]
     assert s.worker_count() == workers
-    assert s.inflight_batches() == inflight
+    assert s.max_inflight_batches == inflight
     assert s.decode_threads() == threads
     assert s.inline_decode_pixels() == inline
     assert s.max_wait_ms == 0.0  # send at once when a backend slot is free
