@@ -9,11 +9,18 @@ the end of the warmup (--warmup-s, when caches and the allocator have settled) t
 stays under --bound-mib, and no request fails.
 
     python -m benchmarks.soak [--seconds 600] [--rate 20]
+    python -m benchmarks.soak --random-uploads --seconds 1000 --rate 16 --name soak_random
+
+`--random-uploads` sends 120 different uploads instead of one small PNG: JPEG, PNG and WebP
+at five sizes from 320x240 to 3000x2000, multipart, so the allocator sees every size of body
+and of decoded image; the report then also gives RSS after every 1,000 requests, to tell
+growth that levels off from a leak.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import tempfile
@@ -77,13 +84,22 @@ def main() -> None:
     parser.add_argument("--warmup-s", type=float, default=60.0, help="growth is measured after")
     parser.add_argument("--sample-s", type=float, default=5.0)
     parser.add_argument("--bound-mib", type=float, default=50.0)
+    parser.add_argument("--random-uploads", action="store_true",
+                        help="120 different JPEG/PNG/WebP uploads, 320x240 to 3000x2000")  # fmt: skip
+    parser.add_argument("--name", default="soak", help="results file stem")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     base = export_bench_model(tmp / "models", args.arch, args.size)
-    load = ["--gen-size", f"{args.size}x{args.size}", "--gen-format", "png", "--body", "raw",
-            "--rate", f"{args.rate:g}", "--duration", f"{args.seconds:g}", "--warmup", "0",
-            "--timeout", "10"]  # fmt: skip
+    if args.random_uploads:
+        sizes = ["320x240", "640x480", "1280x720", "1920x1080", "3000x2000"]
+        images = [a for size in sizes for a in ("--gen-size", size)]
+        images += ["--gen-format", "jpeg", "--gen-format", "png", "--gen-format", "webp",
+                   "--gen-count", "8", "--body", "multipart"]  # fmt: skip
+    else:
+        images = ["--gen-size", f"{args.size}x{args.size}", "--gen-format", "png", "--body", "raw"]
+    load = [*images, "--rate", f"{args.rate:g}", "--duration", f"{args.seconds:g}",
+            "--warmup", "0", "--timeout", "10"]  # fmt: skip
     with gateway(base, tmp / "gateway.log", max_batch_size=32) as gw:
         idle = gw.rss_mib()
         sampler = RssSampler(gw, args.sample_s).start()
@@ -94,10 +110,10 @@ def main() -> None:
         peak = gw.peak_rss_mib()
     RESULTS.mkdir(parents=True, exist_ok=True)
     step = result["steps"][0]
-    (RESULTS / "soak.json").write_text(json.dumps(
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(
         {"rss_samples_mib": sampler.samples, "step": step, "idle_rss_mib": idle}, indent=1) + "\n")  # fmt: skip
     text = report(args, step, sampler, idle, peak)
-    (RESULTS / "soak.md").write_text(text)
+    (RESULTS / f"{args.name}.md").write_text(text)
     print(text)
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -113,7 +129,17 @@ def report(args: argparse.Namespace, step: dict[str, Any], rss: RssSampler, idle
     held = growth < args.bound_mib and errors == 0
     minutes = [f"{t / 60:.0f} min: {mib:.0f}" for t, mib in rss.samples
                if t % 60 < args.sample_s or (t, mib) == rss.samples[-1]]  # fmt: skip
+    per_k = [rss.at(k * 1000 / args.rate) for k in range(int(args.seconds * args.rate // 1000) + 1)]
+    steps = ", ".join(f"{b - a:+.0f}" for a, b in itertools.pairwise(per_k))
     cmd = f"python -m benchmarks.soak --seconds {args.seconds:g} --rate {args.rate:g}"
+    if args.random_uploads:
+        cmd += f" --random-uploads --name {args.name}"
+    uploads = (
+        "120 different uploads (JPEG, PNG, WebP at 320x240, 640x480, 1280x720, 1920x1080 and "
+        "3000x2000, 8 of each), multipart"
+        if args.random_uploads
+        else f"one {args.size}x{args.size} PNG per request as a raw body"
+    )
     return f"""# Soak: steady load, memory and errors
 
 - Date: {now_utc()}
@@ -121,8 +147,8 @@ def report(args: argparse.Namespace, step: dict[str, Any], rss: RssSampler, idle
 - Model: `{args.arch}` {args.size}x{args.size}x3 -> 10 classes, random weights, buckets 1..32, embedded backend.
 - Gateway: `resnet-serving serve --backend embedded`, one uvicorn worker, max_batch_size 32,
   other settings default.
-- Load: our load tester, open loop, constant **{args.rate:g} req/s** for **{args.seconds:g} s**, one
-  {args.size}x{args.size} PNG per request as a raw body; RSS of the gateway process sampled every {args.sample_s:g} s.
+- Load: our load tester, open loop, constant **{args.rate:g} req/s** for **{args.seconds:g} s**,
+  {uploads}; RSS of the gateway process sampled every {args.sample_s:g} s.
 - Command: `{cmd}`
 
 | measure | value |
@@ -138,6 +164,8 @@ def report(args: argparse.Namespace, step: dict[str, Any], rss: RssSampler, idle
 | growth after warmup (MiB) | {growth:+.1f} (bound: < {args.bound_mib:g}) |
 
 RSS by minute (MiB): {", ".join(minutes)}.
+
+RSS change per 1,000 requests (MiB): {steps}.
 
 Verdict: {"**held**" if held else "**not held**"}: growth after warmup {growth:+.1f} MiB
 {"<" if growth < args.bound_mib else ">="} {args.bound_mib:g} MiB, {errors} errors.

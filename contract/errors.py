@@ -10,6 +10,7 @@
      +-- model_builder.errors.ModelBuilderError    bad dataset, weights, architecture, export ...
      +-- service.errors.GatewayError               mapped to HTTP status + JSON in one place
      +-- loadtest.errors.LoadTestError             bad target, bad options, unreadable results
+     +-- rollout.errors.RolloutError               unreachable gateway or model server, bad plan
      +-- testdoubles.errors.DoubleError            a stand-in that cannot start
 
 The CLI prints `error: <message>` for these and exits 2; anything else is a bug and keeps

@@ -22,6 +22,7 @@ from contract.signatures import (
     INPUT_PIXELS,
     OUTPUT_PROBABILITIES,
     SIGNATURE_BYTES,
+    SIGNATURE_MANIFEST,
     SIGNATURE_PIXELS,
     Signature,
 )
@@ -31,6 +32,7 @@ MANIFEST_RELPATH = Path("assets.extra") / "manifest.json"
 WARMUP_RELPATH = Path("assets.extra") / "tf_serving_warmup_requests"
 LABELS_RELPATH = Path("assets") / "labels.txt"
 DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # also a safe file and URL path name
 
 Precision = Literal["float32", "bfloat16", "float16"]
 
@@ -78,7 +80,7 @@ class Manifest(_Strict):
     """Everything a server or client needs to use one exported model version."""
 
     schema_version: Literal[1] = 1
-    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    model_name: str = Field(pattern=MODEL_NAME_PATTERN)
     model_version: int = Field(gt=0)
     architecture: str
     input: InputSpec
@@ -93,6 +95,7 @@ class Manifest(_Strict):
     signatures: dict[str, str] = {
         SIGNATURE_PIXELS: "uint8 [batch, H, W, 3] RGB -> probabilities, top_k_ids, top_k_scores",
         SIGNATURE_BYTES: "string [batch] JPEG/PNG bytes -> probabilities, top_k_ids, top_k_scores",
+        SIGNATURE_MANIFEST: "int32 [batch] (ignored) -> manifest: this manifest's JSON per row",
     }
     created_at: str = ""
     framework: dict[str, str] = {}
@@ -126,6 +129,11 @@ class Manifest(_Strict):
             inputs={INPUT_PIXELS: ("uint8", (None, spec.height, spec.width, spec.channels))},
             outputs={OUTPUT_PROBABILITIES: ("float32", (None, self.num_classes))},
         )
+
+    def decodes_like(self, other: Manifest) -> bool:
+        """True when pixels decoded for `other` are valid input for this one (same input
+        spec and preprocessing), so a request moved between versions need not decode again."""
+        return self.input == other.input and self.preprocessing == other.preprocessing
 
     def check_images(self, images: np.ndarray) -> None:
         """Raise ImageShapeError unless `images` is uint8 `[N, height, width, 3]`, N >= 1.
@@ -170,17 +178,27 @@ def read_manifest(version_dir: Path) -> Manifest:
     """Read and validate the manifest of one exported version; ManifestError says why not."""
     path = Path(version_dir) / MANIFEST_RELPATH
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes()
     except FileNotFoundError:
         raise ManifestError(f"no manifest at {path}: was this exported by model_builder?") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except OSError as exc:
         raise ManifestError(f"cannot read manifest {path}: {exc}") from None
+    return parse_manifest(text, where=str(path))
+
+
+def parse_manifest(data: bytes | str, *, where: str) -> Manifest:
+    """A manifest from its JSON text (a file, or the `serving_manifest` signature's answer);
+    ManifestError names `where` it came from and what is wrong."""
+    try:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read manifest {where}: {exc}") from None
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise ManifestError(f"manifest {path} is invalid at {where}: {first['msg']}") from None
+        loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise ManifestError(f"manifest {where} is invalid at {loc}: {first['msg']}") from None
 
 
 def versions_on_disk(model_base: Path, model_name: str) -> list[int]:

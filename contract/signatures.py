@@ -16,11 +16,23 @@ from contract.errors import SignatureMismatch
 
 SIGNATURE_PIXELS = "serving_default"  # uint8 [batch, H, W, 3] RGB -> outputs below
 SIGNATURE_BYTES = "serving_bytes"  # string [batch] JPEG/PNG bytes -> outputs below
+# The contract over gRPC: int32 [batch] (values ignored) -> `manifest` string [batch], every
+# row the export's manifest.json, so a gateway reads the contract from the model server and
+# needs no model volume. TF Serving runs every signature through its batching session when
+# --enable_batching is on, and a batched Run must have an input with a 0th dimension
+# (batching_util.h, ComputeTensorBatchSize: "Batching Run() must have at least one input
+# tensor") and outputs of rank >= 1 (batching_session.cc, SplitOutputTensors): hence the
+# dummy input and one manifest per row rather than a zero-input, scalar-output signature. A
+# string output splits back per task like any other (TF core/framework/tensor_util.cc, Split
+# copies DT_STRING element by element).
+SIGNATURE_MANIFEST = "serving_manifest"
 INPUT_PIXELS = "images"
 INPUT_BYTES = "image_bytes"
+INPUT_MANIFEST = "unused"
 OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_TOP_K_IDS = "top_k_ids"
 OUTPUT_TOP_K_SCORES = "top_k_scores"
+OUTPUT_MANIFEST = "manifest"
 
 
 class ClientCall(NamedTuple):
@@ -34,8 +46,10 @@ class ClientCall(NamedTuple):
 # per call and batch bucket, so TF Serving has run (and XLA compiled) each of them before it
 # reports the model AVAILABLE; tests check each client against this list.
 GATEWAY_CALL = ClientCall(SIGNATURE_PIXELS, (OUTPUT_PROBABILITIES,))  # service/backends/tfserving
+MANIFEST_CALL = ClientCall(SIGNATURE_MANIFEST, (OUTPUT_MANIFEST,))  # the gateway, per version
 CLIENT_CALLS: tuple[ClientCall, ...] = (
     GATEWAY_CALL,
+    MANIFEST_CALL,
     ClientCall(SIGNATURE_PIXELS, ()),  # `loadtest --grpc`, plain TF Serving clients
     ClientCall(SIGNATURE_BYTES, ()),  # encoded-image clients (docs/backends.md)
 )
@@ -51,6 +65,14 @@ class Signature:
     name: str
     inputs: Mapping[str, TensorSig]
     outputs: Mapping[str, TensorSig]
+
+
+MANIFEST_SIGNATURE = Signature(
+    SIGNATURE_MANIFEST,
+    inputs={INPUT_MANIFEST: ("int32", (None,))},
+    outputs={OUTPUT_MANIFEST: ("string", (None,))},
+)
+"""What `serving_manifest` takes and returns, in every export since it was added."""
 
 
 def _shape_matches(got: tuple[int | None, ...], want: tuple[int | None, ...]) -> bool:

@@ -270,7 +270,6 @@ def _run_verify(args: argparse.Namespace) -> int:
     for line in report.lines():
         print(line)
     if not report.ok:
-        names = ", ".join(c.name for c in report.failed)
-        raise VerifyError(f"{args.version_dir}: {len(report.failed)} check(s) failed: {names}")
-    print(f"all {len(report.checks)} checks passed")
+        raise VerifyError(f"{args.version_dir}: {report.summary()}")
+    print(report.summary())
     return 0

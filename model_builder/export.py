@@ -7,7 +7,8 @@ Layout (TF Serving's versioned layout; see `contract.manifest` for the file name
 
 Two signatures share one XLA-compiled core (normalise -> model -> softmax -> top-k):
 `serving_default` takes uint8 pixels; `serving_bytes` takes encoded images and decodes them
-in graph first. A version is written into a temp dir beside it and renamed into place at the
+in graph first. A third, `serving_manifest`, returns the manifest itself, so a client gets
+the contract from the model server over gRPC (no shared disk). A version is written into a temp dir beside it and renamed into place at the
 end, so TF Serving never loads a half-written version, and an existing version is never
 overwritten.
 """
@@ -39,11 +40,14 @@ from contract.manifest import (
 )
 from contract.signatures import (
     INPUT_BYTES,
+    INPUT_MANIFEST,
     INPUT_PIXELS,
+    OUTPUT_MANIFEST,
     OUTPUT_PROBABILITIES,
     OUTPUT_TOP_K_IDS,
     OUTPUT_TOP_K_SCORES,
     SIGNATURE_BYTES,
+    SIGNATURE_MANIFEST,
     SIGNATURE_PIXELS,
 )
 from contract.tfs_config import write_tfserving_configs
@@ -116,12 +120,14 @@ def export_model(
     tmp_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
         module = build_serving_module(model, run_info, top_k=top_k, jit_compile=jit_compile)
+        module.serve_manifest = manifest_function(manifest)
         tf.saved_model.save(
             module,
             str(tmp_dir),
             signatures={
                 SIGNATURE_PIXELS: module.serve_pixels.get_concrete_function(),
                 SIGNATURE_BYTES: module.serve_bytes.get_concrete_function(),
+                SIGNATURE_MANIFEST: module.serve_manifest.get_concrete_function(),
             },
         )
         _write_labels(tmp_dir, run_info.labels)
@@ -197,6 +203,19 @@ def build_serving_module(
             captured.setdefault(id(variable), variable)
     module.captured_variables = list(captured.values())
     return module
+
+
+def manifest_function(manifest: Manifest) -> Any:
+    """`serving_manifest`: int32 [batch] (values ignored) -> `manifest` string [batch], each
+    row the very text of `assets.extra/manifest.json`. One row per input row, because TF
+    Serving batches every signature (contract.signatures explains the shape)."""
+    text = tf.constant(manifest.to_json())
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name=INPUT_MANIFEST)])
+    def serve_manifest(unused: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {OUTPUT_MANIFEST: tf.fill(tf.shape(unused)[:1], text)}
+
+    return serve_manifest
 
 
 def decode_and_resize(data: Any, height: int, width: int, prep: Preprocessing) -> Any:

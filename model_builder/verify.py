@@ -21,15 +21,18 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from contract import wire
 from contract.errors import ManifestError, TensorError
-from contract.manifest import LABELS_RELPATH, Manifest, read_manifest
+from contract.manifest import LABELS_RELPATH, MANIFEST_RELPATH, Manifest, read_manifest
 from contract.signatures import (
     CLIENT_CALLS,
     INPUT_BYTES,
+    INPUT_MANIFEST,
     INPUT_PIXELS,
+    OUTPUT_MANIFEST,
     OUTPUT_PROBABILITIES,
     OUTPUT_TOP_K_IDS,
     OUTPUT_TOP_K_SCORES,
     SIGNATURE_BYTES,
+    SIGNATURE_MANIFEST,
     SIGNATURE_PIXELS,
 )
 from model_builder.artifacts import MODEL_FILE, load_run_info
@@ -45,11 +48,20 @@ PARITY_SEED = 1234
 
 @dataclass(frozen=True)
 class Check:
-    """One verification step: its name, whether it passed, and what was seen."""
+    """One verification step: its name, whether it passed, and what was seen.
+
+    A skipped check (nothing to compare against) is not a failure, but it is not a pass
+    either: it is reported as SKIP so nobody reads it as verified.
+    """
 
     name: str
     ok: bool
     detail: str
+    skipped: bool = False
+
+    @property
+    def verdict(self) -> str:
+        return "SKIP" if self.skipped else "PASS" if self.ok else "FAIL"
 
 
 @dataclass
@@ -68,8 +80,22 @@ class VerifyReport:
     def failed(self) -> list[Check]:
         return [c for c in self.checks if not c.ok]
 
+    @property
+    def skipped(self) -> list[Check]:
+        return [c for c in self.checks if c.skipped]
+
     def lines(self) -> list[str]:
-        return [f"[{'PASS' if c.ok else 'FAIL'}] {c.name}: {c.detail}" for c in self.checks]
+        return [f"[{c.verdict}] {c.name}: {c.detail}" for c in self.checks]
+
+    def summary(self) -> str:
+        """One closing line: how many passed, failed and were skipped (and which)."""
+        if self.failed:
+            return f"{len(self.failed)} check(s) failed: {', '.join(c.name for c in self.failed)}"
+        passed = len(self.checks) - len(self.skipped)
+        if self.skipped:
+            names = ", ".join(c.name for c in self.skipped)
+            return f"{passed} checks passed, {len(self.skipped)} skipped ({names}): not verified"
+        return f"all {passed} checks passed"
 
 
 def verify_export(
@@ -167,7 +193,10 @@ def _check_parity(
 
     outputs_logits = True
     if model is None and run_dir is None:
-        return Check("parity", True, "skipped: no --run directory or model given")
+        return Check(
+            "parity", True, "no --run directory or model given: scores not compared with Keras",
+            skipped=True,
+        )  # fmt: skip
     try:
         if run_dir is not None:
             info = load_run_info(run_dir)
@@ -227,6 +256,10 @@ def _check_signatures(version_dir: Path, m: Manifest, *, use_cli: bool) -> Check
     expected = {
         SIGNATURE_PIXELS: {INPUT_PIXELS: ("DT_UINT8", f"(-1, {h}, {w}, 3)"), **outputs},
         SIGNATURE_BYTES: {INPUT_BYTES: ("DT_STRING", "(-1)"), **outputs},
+        SIGNATURE_MANIFEST: {
+            INPUT_MANIFEST: ("DT_INT32", "(-1)"),
+            OUTPUT_MANIFEST: ("DT_STRING", "(-1)"),
+        },
     }
     problems = []
     for sig, tensors in expected.items():
@@ -238,9 +271,7 @@ def _check_signatures(version_dir: Path, m: Manifest, *, use_cli: bool) -> Check
                 problems.append(f"{sig}.{name} is {seen[sig].get(name)}, expected {spec}")
     if problems:
         return Check("signatures", False, "; ".join(problems))
-    return Check(
-        "signatures", True, f"{SIGNATURE_PIXELS} and {SIGNATURE_BYTES} as expected ({source})"
-    )
+    return Check("signatures", True, f"{', '.join(expected)} as expected ({source})")
 
 
 def parse_saved_model_cli(text: str) -> dict[str, dict[str, tuple[str, str]]]:
@@ -348,13 +379,16 @@ def _check_warmup(version_dir: Path, loaded: Any, m: Manifest) -> Check:
         if (sig, n) in ran:
             continue  # the output filter does not change what the loaded function computes
         ran.add((sig, n))
+        output = OUTPUT_MANIFEST if sig == SIGNATURE_MANIFEST else OUTPUT_PROBABILITIES
         try:
-            probs = session.run(sig, name, batch)
+            got = session.run(sig, name, batch, output)
         except tf.errors.OpError as exc:
             problems.append(f"record {i} fails as TF Serving runs it: {exc.message.strip()[:300]}")
             continue
-        if probs.shape != (n, m.num_classes):
-            problems.append(f"record {i} returned {probs.shape}")
+        if sig == SIGNATURE_MANIFEST:
+            problems += _manifest_rows(i, got, n, version_dir)
+        elif got.shape != (n, m.num_classes):
+            problems.append(f"record {i} returned {got.shape}")
     want = required_warmup(m, outputs)
     missing = sorted(set(want) - set(seen))
     extra = sorted(set(seen) - set(want))
@@ -384,13 +418,24 @@ class _SessionBundle:
         meta = tf.compat.v1.saved_model.loader.load(self._session, ["serve"], str(version_dir))
         self._signatures = meta.signature_def
 
-    def run(self, signature: str, name: str, batch: np.ndarray) -> np.ndarray:
+    def run(self, signature: str, name: str, batch: np.ndarray, output: str) -> np.ndarray:
         sig = self._signatures[signature]
-        fetch = sig.outputs[OUTPUT_PROBABILITIES].name
+        fetch = sig.outputs[output].name
         return np.asarray(self._session.run(fetch, {sig.inputs[name].name: batch}))
 
     def close(self) -> None:
         self._session.close()
+
+
+def _manifest_rows(record: int, rows: np.ndarray, n: int, version_dir: Path) -> list[str]:
+    """`serving_manifest` must answer one row per input row, each the manifest file's text:
+    the gateway reads the contract from it instead of the file."""
+    text = (version_dir / MANIFEST_RELPATH).read_bytes()
+    if rows.shape != (n,):
+        return [f"record {record} ({SIGNATURE_MANIFEST}) returned shape {rows.shape}"]
+    if any(bytes(row) != text for row in rows):
+        return [f"record {record}: {SIGNATURE_MANIFEST} does not return {MANIFEST_RELPATH}"]
+    return []
 
 
 class WarmupKey(NamedTuple):
@@ -405,6 +450,7 @@ class WarmupKey(NamedTuple):
 _WARMUP_INPUTS: dict[str, Callable[[Manifest], tuple[str, tuple[str, tuple[int | None, ...]]]]] = {
     SIGNATURE_PIXELS: lambda m: (INPUT_PIXELS, ("uint8", (None, m.input.height, m.input.width, 3))),
     SIGNATURE_BYTES: lambda m: (INPUT_BYTES, ("string", (None,))),
+    SIGNATURE_MANIFEST: lambda m: (INPUT_MANIFEST, ("int32", (None,))),
 }
 
 

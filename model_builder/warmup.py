@@ -6,7 +6,7 @@ clients will ever reach, and XLA has compiled each shape, before it reports the 
 AVAILABLE (it replays the file at load: tensorflow/serving
 `servables/tensorflow/saved_model_warmup_util.cc`). Format as in tensorflow/serving's
 `tensorflow_serving/example/resnet_warmup.py`: a TFRecord file of PredictionLog protos.
-TF Serving reads at most 1000 records (`kMaxNumRecords`); 3 calls x 7 buckets is 21.
+TF Serving reads at most 1000 records (`kMaxNumRecords`); 4 calls x 7 buckets is 28.
 
 Pixel records hold one value that TensorFlow repeats over the whole shape (Tensor::FromProto
 fills the rest with the last value given), so a 64x224x224x3 record is a few bytes instead of
@@ -27,8 +27,10 @@ from contract.manifest import WARMUP_RELPATH
 from contract.signatures import (
     CLIENT_CALLS,
     INPUT_BYTES,
+    INPUT_MANIFEST,
     INPUT_PIXELS,
     SIGNATURE_BYTES,
+    SIGNATURE_MANIFEST,
     SIGNATURE_PIXELS,
     ClientCall,
 )
@@ -61,6 +63,8 @@ def _inputs(signature: str, batch: int, height: int, width: int) -> dict[str, An
     if signature == SIGNATURE_BYTES:
         jpeg = warmup_jpeg(height, width)
         return {INPUT_BYTES: wire.array_tensor(np.array([jpeg] * batch, dtype=object))}
+    if signature == SIGNATURE_MANIFEST:
+        return {INPUT_MANIFEST: wire.array_tensor(np.zeros(batch, np.int32))}
     raise ValueError(f"no warmup input for signature {signature!r}")
 
 

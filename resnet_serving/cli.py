@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     from benchmarks import cli as bench_cli
     from loadtest import cli as loadtest_cli
     from model_builder import cli as builder_cli
+    from rollout import cli as rollout_cli
     from service import cli as service_cli
     from testdoubles import cli as standin_cli
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     service_cli.register(sub)
     standin_cli.register(sub)
     loadtest_cli.register(sub)
+    rollout_cli.register(sub)
     return parser
 
 

@@ -1,6 +1,6 @@
 """`create_app(settings)`: the FastAPI gateway assembled from its parts, and its lifespan.
 
-The parts: the routers (`service.routes`, `service.health`), the middleware in their one
+The parts: the routers (`service.routes`, `service.health`, `service.admin`), the middleware in their one
 order (`service.middleware.stack`), the one error mapping (`service.error_responses`) as the
 exception handler, and one `GatewayState` (`service.state`) as `app.state.gateway`.
 The lifespan sets the process-wide things once at start (Pillow's switches, the decode
@@ -20,17 +20,18 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi import FastAPI
 
 from contract import __version__
-from service import api_docs, health, middleware, page, routes
+from service import admin, api_docs, health, middleware, page, routes
 from service.backends.base import Backend
 from service.backends.factory import make_backend
-from service.batcher import MicroBatcher
 from service.decode import DecodeLimits, configure_pillow
 from service.error_responses import HANDLED, handle_exception
 from service.errors import BackendStartupError
 from service.metrics import GatewayMetrics
+from service.models import ModelRegistry
 from service.openapi_docs import name_served_model
 from service.settings import Settings
 from service.state import GatewayState, state_of
+from service.traffic import TrafficSplit
 
 log = logging.getLogger("service")
 
@@ -62,6 +63,7 @@ def create_app(
         decode_limits=DecodeLimits.from_settings(settings),
         on_fatal=on_fatal,
         listen_after_ready=listen_after_ready,
+        traffic=TrafficSplit(settings.canary_fraction, settings.shared_state_dir),
     )
     app = FastAPI(
         title="resnet-serving gateway",
@@ -76,6 +78,7 @@ def create_app(
     app.state.gateway = state
     app.include_router(routes.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     app.include_router(api_docs.router)
     if settings.demo_page:
         app.include_router(page.router)
@@ -108,8 +111,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         starting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await starting
-        if state.batcher is not None:
-            await state.batcher.close(drain=True, timeout_s=state.drain_budget(time.monotonic()))
+        if state.models is not None:
+            await state.models.close(timeout_s=state.drain_budget(time.monotonic()))
         await state.backend.close()
         pool, state.decode_pool = state.decode_pool, None
         pool.shutdown(wait=False, cancel_futures=True)
@@ -120,29 +123,19 @@ async def _start_backend(state: GatewayState) -> None:
     s = state.settings
     try:
         await asyncio.wait_for(state.backend.start(), s.startup_timeout_s)
-        manifest = state.backend.manifest
-        batcher = MicroBatcher(
-            state.backend,
-            manifest,
-            max_batch_size=s.max_batch_size,
-            max_wait_ms=s.max_wait_ms,
-            max_queue_images=s.max_queue_images,
-            max_queue_wait_s=s.max_queue_wait_s,
-            max_inflight_batches=s.max_inflight_batches,
-            retry_after_s=s.retry_after_s,
-            on_batch=state.metrics.batch_observer(state.backend.name),
-            on_queue_depth=state.metrics.queue_depth.set,
-        )
-        await batcher.start()
-        state.batcher = batcher
-        log.info(
-            "ready: model %s version %d on the %s backend, batches up to %d, %d in flight",
-            manifest.model_name,
-            manifest.model_version,
-            state.backend.name,
-            batcher.max_batch_size,
-            batcher.max_inflight_batches,
-        )
+        models = ModelRegistry(state.backend, s, state.metrics, state.traffic)
+        await models.start()
+        state.models = models
+        for served in models.models.values():
+            current = served.current()
+            log.info(
+                "ready: model %s version %s on the %s backend, batches up to %s, %s in flight",
+                served.name,
+                current.version if current else "(none yet)",
+                state.backend.name,
+                current.batcher.max_batch_size if current else "-",
+                current.batcher.max_inflight_batches if current else "-",
+            )
     except asyncio.CancelledError:
         raise
     except Exception as exc:

@@ -232,7 +232,11 @@ class MicroBatcher:
             )
 
     async def close(self, *, drain: bool = True, timeout_s: float | None = None) -> None:
-        """Stop taking work; with `drain`, send everything queued first. Idempotent."""
+        """Stop taking work; with `drain`, send everything queued first. Idempotent.
+
+        Bounded by `timeout_s` (None: unbounded): what is still queued or at the backend then
+        fails with ShuttingDown (503), so a backend that never answers cannot hold it longer.
+        """
         self._closing = True
         if not self._started:
             return
@@ -244,6 +248,13 @@ class MicroBatcher:
         except TimeoutError:
             log.warning("batcher drain did not finish in %.1f s; failing the rest", timeout_s)
             self._fail_pending(ShuttingDown("the gateway is shutting down"))
+            if self._dispatch_handle is not None:
+                self._dispatch_handle.cancel()
+                self._dispatch_handle = self._dispatch_at = None
+            # Batches still at the backend are abandoned too (their callers get 503): a model
+            # that never answers must not hold the process past its drain budget.
+            for task in list(self._inflight):
+                task.cancel()
         for task in list(self._inflight):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -364,6 +375,15 @@ class MicroBatcher:
                 raise BackendError(
                     f"backend returned shape {probs.shape} for a batch of {bucket} images"
                 )
+        except asyncio.CancelledError:  # close() gave up on this call: the drain ran out
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(
+                        ShuttingDown(
+                            "the gateway is shutting down; the model did not answer in time"
+                        )
+                    )
+            raise
         except GatewayError as exc:
             error = exc
         except Exception as exc:

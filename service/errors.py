@@ -10,9 +10,12 @@
      |    +-- TooManyImages       too_many_images
      |    +-- BadBase64           bad_base64
      +-- Unauthorized (401)       unauthorized
+     +-- Forbidden (403)          forbidden             (the admin API is off: no admin_keys)
      +-- RequestTimeout (408)     request_timeout       (head or body not received in time)
      +-- NotFound (404)           not_found
      |    +-- ModelNotFound       model_not_found
+     |    +-- VersionNotFound     version_not_found     (?version=N not served now)
+     |    +-- LabelNotFound       label_not_found       (?label=L not set on the model server)
      +-- MethodNotAllowed (405)   method_not_allowed
      +-- PayloadTooLarge (413)
      |    +-- UploadTooLarge      upload_too_large     (bytes, checked while streaming)
@@ -27,6 +30,8 @@
      |    +-- BackendUnavailable  backend_unavailable
      |    +-- CircuitOpen         circuit_open
      |    +-- NotReady            not_ready
+     |    +-- VersionGone         version_unloaded      (the version a batch was sent to went
+     |                                                   away; retried once on the current one)
      |    +-- ShuttingDown        shutting_down
      |    +-- TooManyConnections  too_many_connections (max_connections, refused on accept)
      |    +-- MemoryFull          memory_full           (request bodies held past the budget)
@@ -112,6 +117,10 @@ class Unauthorized(GatewayError):
     status, code = 401, "unauthorized"
 
 
+class Forbidden(GatewayError):
+    status, code = 403, "forbidden"
+
+
 class RequestTimeout(GatewayError):
     status, code = 408, "request_timeout"
     closes_connection = True
@@ -123,6 +132,14 @@ class NotFound(GatewayError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class VersionNotFound(NotFound):
+    code = "version_not_found"
+
+
+class LabelNotFound(NotFound):
+    code = "label_not_found"
 
 
 class MethodNotAllowed(GatewayError):
@@ -180,6 +197,13 @@ class CircuitOpen(Unavailable):
 
 class NotReady(Unavailable):
     code = "not_ready"
+
+
+class VersionGone(Unavailable):
+    """The model server no longer serves the version a call was pinned to (TF Serving:
+    NOT_FOUND `Servable not found for request: Specific(name, v)`, after it unloaded it)."""
+
+    code = "version_unloaded"
 
 
 class ShuttingDown(Unavailable):

@@ -2,7 +2,9 @@
 
 Live and ready are different questions: `/livez` says the process and its event loop answer
 (restart me if not); `/readyz` says requests will be served now (model loaded, its contract
-checked, warmed up, batcher running), so a load balancer may send traffic.
+checked, warmed up, batcher running) for every model it serves, so a load balancer may send
+traffic (strict, like Triton's default readiness: one model that cannot serve makes the
+gateway not ready).
 """
 
 from __future__ import annotations
@@ -40,10 +42,20 @@ async def livez() -> Response:
     summary="200 when the model is loaded, checked and warm; else 503",
 )
 async def readyz(state: StateDep) -> Response:
-    batcher, manifest, _ = state.serving()  # 503 while starting or shutting down
+    models, _ = state.serving()  # 503 while starting or shutting down
     retry = state.settings.retry_after_s
-    if not batcher.running:
-        raise NotReady("the micro-batcher is not running", retry_after_s=retry)
+    why = models.not_ready()
+    if why is not None:
+        raise NotReady(why, retry_after_s=retry)
+    refs = []
+    for served in models.models.values():
+        current = served.current()
+        assert current is not None  # not_ready() said every model has one
+        if not current.batcher.running:
+            raise NotReady(
+                f"model {served.name!r}: its batcher is not running", retry_after_s=retry
+            )
+        refs.append(ModelRef(name=served.name, version=current.version))
     breaker = state.backend.breaker
     if breaker is not None and breaker.state is State.OPEN:
         raise NotReady("the circuit to the model server is open", retry_after_s=retry)
@@ -53,8 +65,7 @@ async def readyz(state: StateDep) -> Response:
         ok = False
     if not ok:
         raise NotReady(f"the {state.backend.name} backend is not ready", retry_after_s=retry)
-    model = ModelRef(name=manifest.model_name, version=manifest.model_version)
-    return json_response(ReadyResponse(model=model, backend=state.backend.name))
+    return json_response(ReadyResponse(model=refs[0], models=refs, backend=state.backend.name))
 
 
 @router.get(

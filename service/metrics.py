@@ -1,7 +1,10 @@
 """Prometheus metrics of one gateway app, on a registry of its own (several apps per process in tests).
 
 Exposed at `GET /metrics`: request latency by route and status, errors by status and code,
-decode / queue / backend time, batch size, queue depth, backend calls in flight, processes.
+decode / queue / backend time, batch size, queue depth, backend calls in flight, processes;
+and per model version (`gateway_model_*`, labels `model` and `version`): requests by outcome,
+latency and the top-1 class mix, which `resnet-serving rollout` compares between a canary and
+stable.
 
 **Several worker processes** (`serve --workers N`) share one `/metrics`: prometheus_client's
 multiprocess mode, which it turns on by itself at import when `PROMETHEUS_MULTIPROC_DIR` is
@@ -22,9 +25,11 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from service.batcher import BatchRecord
@@ -36,7 +41,12 @@ _TIME_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Per-version latency, fine enough to estimate a p99 from (each bound 1.25x the last, 1 ms to
+# ~30 s): a canary is judged on it.
+MODEL_TIME_BUCKETS = tuple(round(0.001 * 1.25**k, 6) for k in range(47))
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
+_MAX_CACHED_CHILDREN = 4096  # label children kept (routes, statuses, versions, classes)
+_M = TypeVar("_M", bound=MetricWrapperBase)
 
 
 def multiprocess_dir() -> Path | None:
@@ -120,8 +130,61 @@ class GatewayMetrics:
             registry=r,
         )
         self.processes.set(1)
+
+        # Per model version (service.models), what a canary is judged by.
+        self.model_requests = Counter(
+            "gateway_model_requests_total",
+            "Classify requests by the model version that answered (ok) or failed them with a "
+            "5xx of its own (error).",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.model_request_seconds = Histogram(
+            "gateway_model_request_duration_seconds",
+            "Latency of classify requests answered by each model version.",
+            ["model", "version"],
+            buckets=MODEL_TIME_BUCKETS,
+            registry=r,
+        )
+        self.model_top1 = Counter(
+            "gateway_model_top1_total",
+            "Images by their top-1 class, per model version (the class mix).",
+            ["model", "version", "label"],
+            registry=r,
+        )
+        self.canary_fallbacks = Counter(
+            "gateway_canary_fallbacks_total",
+            "Requests the canary failed and the stable version answered.",
+            ["model"],
+            registry=r,
+        )
         # Label children looked up once: `labels()` costs a lock and a dict per call.
-        self._route_children: dict[tuple[str, str, int], Histogram] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
+
+    def _child(self, metric: _M, *labels: str) -> _M:
+        """`metric.labels(*labels)`, cached (bounded: routes, versions and classes are few)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*labels)
+            if len(self._children) < _MAX_CACHED_CHILDREN:
+                self._children[key] = child
+        return child  # type: ignore[return-value]  # keyed by the metric it came from
+
+    def observe_version(
+        self, model: str, version: int, *, ok: bool, seconds: float | None = None
+    ) -> None:
+        """One request answered (ok) or failed with a 5xx by `model` `version`."""
+        v = str(version)
+        self._child(self.model_requests, model, v, "ok" if ok else "error").inc()
+        if seconds is not None:
+            self._child(self.model_request_seconds, model, v).observe(seconds)
+
+    def observe_top1(self, model: str, version: int, labels: list[str]) -> None:
+        """The top-1 label of each image one version classified."""
+        v = str(version)
+        for label in labels:
+            self._child(self.model_top1, model, v, label).inc()
 
     def batch_observer(self, backend: str) -> Callable[[BatchRecord], None]:
         """The batcher's `on_batch` callback for `backend`."""
@@ -141,15 +204,9 @@ class GatewayMetrics:
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, code: str | None
     ) -> None:
-        key = (route, method, status)
-        child = self._route_children.get(key)
-        if child is None:
-            child = self.request_seconds.labels(route, method, str(status))
-            if len(self._route_children) < 1024:  # routes x methods x statuses: small, bounded
-                self._route_children[key] = child
-        child.observe(seconds)
+        self._child(self.request_seconds, route, method, str(status)).observe(seconds)
         if status >= 400:
-            self.errors.labels(str(status), code or "unknown").inc()
+            self._child(self.errors, str(status), code or "unknown").inc()
 
     def render(self) -> bytes:
         """The exposition text: this app's registry, or every process's files summed."""

@@ -33,7 +33,8 @@ class ErrorBody(BaseModel):
 _WHEN: dict[int, str] = {
     400: "Not an image, truncated, empty, bad base64, too many images, or a malformed body.",
     401: "An API key is required and none or a wrong one was sent.",
-    404: "No such model (or path).",
+    403: "The admin API is off (no `admin_keys` set).",
+    404: "No such model, version or label (or path).",
     413: "The upload is over `max_upload_bytes`, or an image over `max_image_pixels`.",
     415: "A Content-Type other than multipart/form-data, image/* or application/json.",
     422: "A query parameter is out of range (e.g. `top_k`).",
@@ -65,8 +66,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
-# Statuses a classify call can answer besides 200 (the named route adds 404).
-CLASSIFY_ERRORS = (400, 401, 413, 415, 422, 429, 500, 502, 503, 504)
+# Statuses a classify call can answer besides 200 (404: an unknown ?version= or ?label=).
+CLASSIFY_ERRORS = (400, 401, 404, 413, 415, 422, 429, 500, 502, 503, 504)
 # Statuses of the other /v1/ routes (key check, rate limit, readiness).
 API_ERRORS = (401, 429, 500, 503)
 

@@ -1,7 +1,10 @@
 """The classification API: read images from the request, decode them off the loop, batch, answer.
 
 Three ways to send images: multipart files (field `image` or `images`, repeated), one raw
-image body (`Content-Type: image/*`), or JSON `{"images": ["<base64>", ...]}`.
+image body (`Content-Type: image/*`), or JSON `{"images": ["<base64>", ...]}`. A request goes
+to one version of one model (`service.models`): the default model at `/v1/classify`, any
+served model at `/v1/models/{name}/classify`; `?version=N` or `?label=L` picks a version, and
+every answer names the version that answered it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import Field, TypeAdapter, ValidationError
+from fastapi.dependencies.utils import request_params_to_args
+from fastapi.routing import APIRoute
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -30,11 +34,11 @@ from service.errors import (
     EmptyImage,
     GatewayError,
     InvalidParameter,
-    ModelNotFound,
     RequestTimeout,
     TooManyImages,
     UnsupportedMediaType,
 )
+from service.models import Choice, ModelRegistry, ServedModel
 from service.openapi_docs import (
     API_ERRORS,
     CLASSIFY_ERRORS,
@@ -42,9 +46,12 @@ from service.openapi_docs import (
     error_responses,
 )
 from service.schemas import (
+    CanaryInfo,
     ClassifyResponse,
     ModelInfo,
     ModelsResponse,
+    UnavailableModel,
+    VersionInfo,
     json_bytes_response,
     json_response,
 )
@@ -61,13 +68,25 @@ TopK = Annotated[
     int | None,
     Query(ge=1, description="How many classes per image (1..number of labels)."),
 ]
+Version = Annotated[
+    int | None,
+    Query(ge=1, description="Serve with this model version (404 if it is not served now)."),
+]
+Label = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=64,
+        description="Serve with the version this label names on the model server, e.g. "
+        "`canary` (404 if the label is not set). Not with `version`.",
+    ),
+]
 
 
 _OK_DOC: dict[int | str, dict[str, Any]] = {
     200: {"description": "One prediction per image, in request order."}
 }
 CLASSIFY_DOC = {**_OK_DOC, **error_responses(*CLASSIFY_ERRORS)}
-CLASSIFY_NAMED_DOC = {**_OK_DOC, **error_responses(*sorted({*CLASSIFY_ERRORS, 404}))}
 
 
 @router.post(
@@ -75,74 +94,106 @@ CLASSIFY_NAMED_DOC = {**_OK_DOC, **error_responses(*sorted({*CLASSIFY_ERRORS, 40
     response_model=ClassifyResponse,
     responses=CLASSIFY_DOC,
     openapi_extra=CLASSIFY_REQUEST_BODY,
-    summary="Classify one or more images with the served model",
+    summary="Classify one or more images with the default model",
 )
-async def classify(request: Request, state: StateDep, top_k: TopK = None) -> Response:
-    # Declared here for the OpenAPI schema and FastAPI's 405s; requests are answered by
-    # `classify_request` through `service.middleware.lane`, past FastAPI's router.
-    return await _classify(request, state, top_k)
+async def classify(
+    request: Request,
+    state: StateDep,
+    top_k: TopK = None,
+    version: Version = None,
+    label: Label = None,
+) -> Response:
+    # Declared here for the OpenAPI schema, FastAPI's 405s and the requests the classify lane
+    # leaves to the router; the others are answered by `classify_request` through
+    # `service.middleware.lane`, past FastAPI's router, with the same answers.
+    return await _classify(request, state, state.settings.model_name, top_k, version, label)
 
 
 @router.post(
     "/models/{name}/classify",
     response_model=ClassifyResponse,
-    responses=CLASSIFY_NAMED_DOC,
+    responses=CLASSIFY_DOC,
     openapi_extra=CLASSIFY_REQUEST_BODY,
     summary="Classify with a named model (404 for a model this gateway does not serve)",
 )
 async def classify_named(
-    name: str, request: Request, state: StateDep, top_k: TopK = None
+    name: str,
+    request: Request,
+    state: StateDep,
+    top_k: TopK = None,
+    version: Version = None,
+    label: Label = None,
 ) -> Response:
-    _check_name(name, state.settings)
-    return await _classify(request, state, top_k)
+    return await _classify(request, state, name, top_k, version, label)
 
 
-async def classify_request(request: Request, name: str | None = None) -> Response:
-    """`POST /v1/classify`, or `/v1/models/{name}/classify` with `name`: the handler the
-    classify lane calls, with the query parameter checked as FastAPI checks it."""
-    state = state_of(request.app)
-    if name is not None:
-        _check_name(name, state.settings)
-    return await _classify(request, state, top_k_param(request))
-
-
-def top_k_param(request: Request) -> int | None:
-    """`?top_k=` as an int >= 1 (None when absent); InvalidParameter (422) with pydantic's
-    message otherwise, the same words FastAPI's validation of `TopK` gives."""
+def query_params_of(route: APIRoute, request: Request) -> dict[str, Any] | None:
+    """The classify route's query parameters as FastAPI's own validation reads them (its
+    `request_params_to_args` on the route's declared parameters): {} when there is no query
+    string, None when one is invalid (the router then answers, with FastAPI's 422)."""
     if not request.scope.get("query_string"):
-        return None
-    raw = request.query_params.get("top_k")
-    if raw is None:
-        return None
-    try:
-        value: int = _TOP_K.validate_python(raw)
-    except ValidationError as exc:
-        msg = exc.errors()[0]["msg"]
-        raise InvalidParameter(f"top_k: {msg}. Received: top_k={raw!r}") from None
-    return value
+        return {}
+    values, errors = request_params_to_args(route.dependant.query_params, request.query_params)
+    return None if errors else values
 
 
-_TOP_K: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=1)])
-
-
-def _check_name(name: str, settings: Settings) -> None:
-    if name != settings.model_name:
-        raise ModelNotFound(
-            f"this gateway serves model {settings.model_name!r}. Received: name={name!r}"
-        )
+async def classify_request(request: Request, name: str | None, params: dict[str, Any]) -> Response:
+    """`POST /v1/classify` (`name` None) or `/v1/models/{name}/classify` with the query
+    `params` already validated (`query_params_of`): the handler the classify lane calls."""
+    state = state_of(request.app)
+    return await _classify(
+        request,
+        state,
+        state.settings.model_name if name is None else name,
+        params.get("top_k"),
+        params.get("version"),
+        params.get("label"),
+    )
 
 
 @router.get(
     "/models",
     response_model=ModelsResponse,
     responses=error_responses(*API_ERRORS),
-    summary="The served model, its input contract and batching",
+    summary="The served models: each one's contract, versions, labels and canary",
 )
 async def list_models(state: StateDep) -> Response:
-    m = state.serving().manifest
-    info = ModelInfo(
-        name=m.model_name,
-        version=m.model_version,
+    models = state.serving().models
+    listed, unavailable = [], []
+    for served in models.models.values():
+        info = _model_info(served, models, state)
+        if info is None:
+            unavailable.append(UnavailableModel(name=served.name, reason=served.why_not_serving()))
+        else:
+            listed.append(info)
+    return json_response(ModelsResponse(models=listed, unavailable=unavailable))
+
+
+def _model_info(
+    served: ServedModel, models: ModelRegistry, state: GatewayState
+) -> ModelInfo | None:
+    current = served.current()
+    if current is None:
+        return None
+    m = current.manifest
+    canary = served.canary()
+    labels_of: dict[int, list[str]] = {}
+    for label, v in sorted(served.labels.items()):
+        labels_of.setdefault(v, []).append(label)
+    versions = [
+        VersionInfo(
+            version=v,
+            state=served.states.get(v, "AVAILABLE"),
+            serving=v in served.slots,
+            labels=labels_of.get(v, []),
+            error=served.rejected.get(v) or served.errors.get(v),
+        )
+        for v in sorted(set(served.states) | set(served.slots), reverse=True)
+    ]
+    return ModelInfo(
+        name=served.name,
+        default=served is models.default,
+        version=current.version,
         architecture=m.architecture,
         backend=state.backend.name,
         input=m.input,
@@ -152,50 +203,80 @@ async def list_models(state: StateDep) -> Response:
         batch_buckets=list(m.batch_buckets),
         precision=m.precision,
         xla_compiled=m.xla_compiled,
+        versions=versions,
+        labels=dict(served.labels),
+        canary=CanaryInfo(
+            version=canary.version if canary is not None else None,
+            fraction=state.traffic.fraction(served.name),
+        ),
     )
-    return json_response(ModelsResponse(models=[info]))
 
 
-async def _classify(request: Request, state: StateDep, top_k: int | None) -> Response:
+async def _classify(
+    request: Request,
+    state: StateDep,
+    name: str,
+    top_k: int | None,
+    version: int | None,
+    label: str | None,
+) -> Response:
     loop = asyncio.get_running_loop()
     # Deadlines run on the loop's clock (asyncio.timeout_at); durations on perf_counter, since
     # uvloop's loop.time() ticks in whole milliseconds.
     started_pc = time.perf_counter()
     settings = state.settings
     deadline = loop.time() + settings.request_timeout_s
-    batcher, manifest, decode_pool = state.serving()
-    k = _resolve_top_k(top_k, settings, manifest)
+    models, decode_pool = state.serving()
+    if version is not None and label is not None:
+        raise InvalidParameter(
+            f"ask for a version or a label, not both. Received: version={version}, label={label!r}"
+        )
+    served = models.model(name)
+    choice = Choice(version, label)
+    route = models.route(served, choice)
+    k = _resolve_top_k(top_k, settings, route.slot.manifest)
     breaker = state.backend.breaker
     if breaker is not None:  # model server known down: 503 now, not after a wait in the queue
         breaker.fail_fast()
     # Overloaded: shed now, before spending CPU on reading and decoding (submit checks again).
-    batcher.check_admission(1, deadline=deadline)
+    route = models.admit(route, deadline=deadline)
+    manifest = route.slot.manifest
 
     budget = settings.request_timeout_s
     read_s = 0.0
     blobs: list[bytes] = []
-    try:  # one timer for reading and decoding; the batcher keeps the same deadline after
+    metrics = state.metrics
+
+    async def decode(for_manifest: Manifest) -> list[np.ndarray]:
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout_at(deadline):
+                pixels, seconds = await _decode_all(blobs, for_manifest, state, decode_pool)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"request budget of {budget:g} s ran out while decoding {len(blobs)} image(s) "
+                f"({time.perf_counter() - t0:.2f} s decoding, after {read_s:.2f} s reading "
+                "the body)"
+            ) from None
+        for each in seconds:
+            metrics.decode_seconds.observe(each)
+        return pixels
+
+    try:
         async with asyncio.timeout_at(deadline):
             blobs = await read_images(request, settings)
-            t0 = time.perf_counter()
-            read_s = t0 - started_pc
-            pixels, decode_times = await _decode_all(blobs, manifest, state, decode_pool)
     except TimeoutError:
-        if not blobs:
-            raise RequestTimeout(
-                f"the request body was not received within the request budget "
-                f"(request_timeout_s={budget:g})"
-            ) from None
-        raise DeadlineExceeded(
-            f"request budget of {budget:g} s ran out while decoding {len(blobs)} image(s) "
-            f"({time.perf_counter() - t0:.2f} s decoding, after {read_s:.2f} s reading the body)"
+        raise RequestTimeout(
+            f"the request body was not received within the request budget "
+            f"(request_timeout_s={budget:g})"
         ) from None
+    t0 = time.perf_counter()
+    read_s = t0 - started_pc
+    pixels = await decode(manifest)
     decode_s = time.perf_counter() - t0
-    metrics = state.metrics
-    for seconds in decode_times:
-        metrics.decode_seconds.observe(seconds)
 
-    results = await batcher.submit(pixels, deadline=deadline)
+    answer = await models.predict(served, choice, route, pixels, decode, deadline=deadline)
+    results, answered = answer.results, answer.slot
     queue_s = backend_s = 0.0
     for r in results:
         metrics.queue_seconds.observe(r.queue_s)
@@ -203,18 +284,26 @@ async def _classify(request: Request, state: StateDep, top_k: int | None) -> Res
         backend_s = max(backend_s, r.backend_s)
     metrics.images.inc(len(results))
 
+    total_s = time.perf_counter() - started_pc
+    m = answered.manifest
+    k = min(k, m.num_classes)  # a retry may have landed on a version with fewer labels
+    predictions = [_top_k(r.probabilities, k, m) for r in results]
+    metrics.observe_version(served.name, answered.version, ok=True, seconds=total_s)
+    metrics.observe_top1(served.name, answered.version, [p[0]["label"] for p in predictions])
     timing = {
         "decode": round(decode_s * 1000, 3),
         "queue": round(queue_s * 1000, 3),
         "backend": round(backend_s * 1000, 3),
-        "total": round((time.perf_counter() - started_pc) * 1000, 3),
+        "total": round(total_s * 1000, 3),
     }
+    # Plain dicts in `ClassifyResponse`'s shape, encoded by orjson (tests compare the bytes
+    # with the model's own encoding): a tenth of the cost of building and dumping the models.
     body = {
-        "model": {"name": manifest.model_name, "version": manifest.model_version},
-        "predictions": [{"top_k": _top_k(r.probabilities, k, manifest)} for r in results],
+        "model": {"name": served.name, "version": answered.version},
+        "predictions": [{"top_k": p} for p in predictions],
         "timing_ms": timing,
     }
-    server_timing = ", ".join(f"{name};dur={ms}" for name, ms in timing.items())
+    server_timing = ", ".join(f"{part};dur={ms}" for part, ms in timing.items())
     return json_bytes_response(body, headers={"Server-Timing": server_timing})
 
 

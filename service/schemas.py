@@ -56,11 +56,32 @@ class ClassifyResponse(BaseModel):
     timing_ms: Timing
 
 
+class VersionInfo(BaseModel):
+    """One version of a model as the model server reports it and this gateway uses it."""
+
+    version: int
+    state: str = Field(description="The model server's state: LOADING, AVAILABLE, END, ...")
+    serving: bool = Field(description="This gateway sends requests to it.")
+    labels: list[str] = Field(description="Version labels that point at it.")
+    error: str | None = Field(
+        default=None, description="Why it ended in error, or why its contract was refused."
+    )
+
+
+class CanaryInfo(BaseModel):
+    """The share of the default traffic sent to the `canary` label's version."""
+
+    version: int | None = Field(description="The canary version now; null: no canary.")
+    fraction: float = Field(description="Share of default requests it gets (0..1).")
+
+
 class ModelInfo(BaseModel):
-    """The served model's contract, as its manifest says, and how this gateway serves it."""
+    """A served model: the contract of its default version (as its manifest says), how this
+    gateway serves it, and every version it knows."""
 
     name: str
-    version: int
+    default: bool = Field(description="Served at /v1/classify too.")
+    version: int = Field(description="The version default requests go to now.")
     architecture: str
     backend: str
     input: InputSpec
@@ -70,10 +91,21 @@ class ModelInfo(BaseModel):
     batch_buckets: list[int]
     precision: Precision
     xla_compiled: bool
+    versions: list[VersionInfo]
+    labels: dict[str, int]
+    canary: CanaryInfo
+
+
+class UnavailableModel(BaseModel):
+    """A model this gateway serves that has no version it can send requests to now."""
+
+    name: str
+    reason: str
 
 
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
+    unavailable: list[UnavailableModel] = []
 
 
 class LiveResponse(BaseModel):
@@ -82,7 +114,8 @@ class LiveResponse(BaseModel):
 
 class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
-    model: ModelRef
+    model: ModelRef = Field(description="The default model and its default version.")
+    models: list[ModelRef] = Field(description="Every served model and its default version.")
     backend: str
 
 

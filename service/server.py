@@ -111,13 +111,15 @@ def _run_one(settings: Settings, sock: socket.socket) -> None:
 
     app = create_app(settings, on_fatal=on_fatal)
     server = GracefulServer(server_config(settings, app), state_of(app))
-    # uvicorn re-raises the signal it caught once it has shut down; a drained SIGTERM is a
-    # clean exit, so let that re-raised SIGTERM end here instead of killing the process.
-    previous = signal.signal(signal.SIGTERM, _ignore)
+    # uvicorn re-raises the signal it caught once it has shut down; a drained SIGTERM or
+    # Ctrl-C is a clean exit (0), so let that re-raised signal end here instead of killing the
+    # process (SIGTERM) or surfacing as KeyboardInterrupt (SIGINT).
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run(sockets=[sock])
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if fatal:
         raise GatewayStartupError(fatal[0])
 
@@ -260,4 +262,4 @@ def listen(settings: Settings) -> socket.socket:
 
 
 def _ignore(sig: int, frame: Any) -> None:
-    """The SIGTERM uvicorn re-raises after its graceful shutdown: already handled."""
+    """The signal uvicorn re-raises after its graceful shutdown: already handled."""

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contract.manifest import MODEL_NAME_PATTERN
 
 ENV_PREFIX = "RESNET_SERVING_"
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
@@ -40,12 +43,29 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
-    # Where the model comes from.
+    # Where the models come from.
     backend: Literal["embedded", "tfserving"] = "embedded"
-    model_base_path: Path = Path("models")  # <base>/<model_name>/<version>/ (manifest is read here)
-    model_name: str = "demo"
-    model_version: int | None = None  # None: the highest version on disk
+    # <base>/<name>/<version>/: the embedded backend's models; the tfserving backend reads a
+    # manifest here only for exports without the `serving_manifest` signature.
+    model_base_path: Path = Path("models")
+    model_name: str = "demo"  # the default model: /v1/classify
+    # Every model served (/v1/models/{name}/classify), as listed in models.config; empty: only
+    # model_name. model_name is always served, first.
+    models: tuple[str, ...] = ()
+    model_version: int | None = None  # serve only this version of model_name; None: follow
     tfserving_address: str = "localhost:8500"  # host:port of TF Serving's gRPC API
+
+    # Versions that change while serving (service.models).
+    version_poll_interval_s: float = Field(default=1.0, gt=0.0)  # GetModelStatus / disk scan
+    # Version labels resolved on the model server and accepted as ?label=; the gateway routes
+    # by `stable` (the default version) and `canary` (canary_fraction of the default traffic).
+    version_labels: tuple[str, ...] = ("stable", "canary")
+    canary_fraction: float = Field(default=0.0, ge=0.0, le=1.0)  # changed at run time: /admin
+    # Keys for /admin/... (the canary fraction); empty: the admin API answers 403.
+    admin_keys: tuple[str, ...] = ()
+    # Run-time state every worker process of one host shares (the canary fraction set through
+    # /admin); None: each process keeps its own (fine for one process).
+    shared_state_dir: Path | None = None
 
     # HTTP server.
     host: str = "127.0.0.1"
@@ -159,6 +179,18 @@ class Settings(BaseSettings):
         if self.inline_decode_max_pixels is not None:
             return self.inline_decode_max_pixels
         return 500_000 if self.worker_count() >= available_cpus() else 0
+
+    def served_models(self) -> tuple[str, ...]:
+        """model_name first, then the other names of `models`, each once."""
+        return tuple(dict.fromkeys((self.model_name, *self.models)))
+
+    @field_validator("model_name", "models")
+    @classmethod
+    def _names(cls, v: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        for name in (v,) if isinstance(v, str) else v:
+            if not re.fullmatch(MODEL_NAME_PATTERN, name):
+                raise ValueError(f"model names must match {MODEL_NAME_PATTERN}, got {name!r}")
+        return v
 
     @field_validator("tfserving_address")
     @classmethod

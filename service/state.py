@@ -1,7 +1,8 @@
-"""What the routes share for the lifetime of one app: settings, backend, batcher, pools, metrics.
+"""What the routes share for the lifetime of one app: settings, backend, models, pools, metrics.
 
 `create_app` builds one `GatewayState` and keeps it as `app.state.gateway`, the only attribute
-the gateway sets on `app.state`. The lifespan brings it up (decode pool, backend, batcher) and
+the gateway sets on `app.state`. The lifespan brings it up (decode pool, backend, the model
+registry with a batcher per served version) and
 down; the server's signal handler starts the drain (`begin_drain`), whose budget the lifespan
 shutdown spends (`drain_budget`). Drain times are `time.monotonic()` readings: the signal
 handler runs outside the event loop.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, NamedTuple
 
 from fastapi import Depends, Request
@@ -23,14 +24,15 @@ from service.batcher import MicroBatcher
 from service.decode import DecodeLimits
 from service.errors import NotReady, ShuttingDown
 from service.metrics import GatewayMetrics
+from service.models import ModelRegistry
 from service.settings import Settings
+from service.traffic import TrafficSplit
 
 
 class Serving(NamedTuple):
     """What a request needs once the gateway is up."""
 
-    batcher: MicroBatcher
-    manifest: Manifest
+    models: ModelRegistry
     decode_pool: ThreadPoolExecutor
 
 
@@ -47,25 +49,36 @@ class GatewayState:
     on_fatal: Callable[[str], None] | None = None
     # Wait for the backend (bounded) before taking connections (service.app.create_app).
     listen_after_ready: bool = False
+    traffic: TrafficSplit = field(default_factory=TrafficSplit)  # the canary fraction
     decode_pool: ThreadPoolExecutor | None = None  # created at start-up, shut at shutdown
-    batcher: MicroBatcher | None = None  # set once the backend has started
+    models: ModelRegistry | None = None  # set once the backend has started
     start_error: str | None = None  # why the backend failed to start, if it did
     shutting_down: bool = False
     drain_deadline: float | None = None  # time.monotonic() bound of the drain (begin_drain)
 
     @property
+    def batcher(self) -> MicroBatcher | None:
+        """The batcher of the default model's default version now (None before start-up)."""
+        current = self.models.default.current() if self.models is not None else None
+        return current.batcher if current is not None else None
+
+    @property
     def manifest(self) -> Manifest:
-        return self.backend.manifest
+        """The contract of the default model's default version now."""
+        current = self.models.default.current() if self.models is not None else None
+        if current is None:
+            raise NotReady("no model version is served yet")
+        return current.manifest
 
     def serving(self) -> Serving:
-        """The batcher, contract and pool, or the 503 that says why requests cannot be served."""
+        """The models and the decode pool, or the 503 that says why requests cannot be served."""
         retry = self.settings.retry_after_s
         if self.shutting_down:
             raise ShuttingDown("the gateway is shutting down", retry_after_s=retry)
-        if self.batcher is None or self.decode_pool is None:
+        if self.models is None or self.decode_pool is None:
             why = self.start_error or "the model backend is still starting"
             raise NotReady(why, retry_after_s=retry)
-        return Serving(self.batcher, self.backend.manifest, self.decode_pool)
+        return Serving(self.models, self.decode_pool)
 
     def begin_drain(self, now: float) -> bool:
         """Turn not-ready and start the drain budget of `drain_timeout_s` at `now`.

@@ -77,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=60.0,
         help="wait between load retries (60)",
     )
+    parser.add_argument(
+        "--allow-version-labels-for-unavailable-models",
+        action="store_true",
+        help="accept labels on versions not loaded yet (a labelled models.config at start-up)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(
         "--port", type=int, default=8500, help="gRPC port (default 8500, 0: any free)"
@@ -102,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         enable_serialization_as_tensor_content=args.enable_serialization_as_tensor_content,
         max_num_load_retries=args.max_num_load_retries,
         load_retry_interval_s=args.load_retry_interval_seconds,
+        allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
     )
     standin = StandIn(
         args.model_base,

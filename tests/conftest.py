@@ -56,6 +56,15 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
     return ExportedModel(base, model)
 
 
+@pytest.fixture(scope="session")
+def version_exports(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """tiny v1 and v2 (other weights) and a second model `other` v1, exported once
+    (tests/service/versions.py: copy what a test needs with `base_with`)."""
+    from tests.service.versions import export_all
+
+    return export_all(tmp_path_factory.mktemp("versions") / "models")
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """One headless Chromium per test module (tests/browser.py; skipped without chromium)."""

@@ -2,7 +2,8 @@
 
 Every import statement counts, at module level or inside a function: a lazy import is still
 a dependency. The contract sits at the bottom and imports nothing of ours and no TensorFlow;
-model_builder, service and loadtest stand side by side on it and never import each other;
+model_builder, service, loadtest and rollout stand side by side on it and never import each
+other;
 test doubles stand on the contract alone; benchmarks and the entry point are at the top.
 """
 
@@ -17,13 +18,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ROOMS = ("contract", "model_builder", "service", "loadtest", "testdoubles", "benchmarks",
-         "resnet_serving")  # fmt: skip
+ROOMS = ("contract", "model_builder", "service", "loadtest", "rollout", "testdoubles",
+         "benchmarks", "resnet_serving")  # fmt: skip
 MAY_IMPORT = {
     "contract": {"contract"},
     "model_builder": {"contract", "model_builder"},
     "service": {"contract", "service"},
     "loadtest": {"contract", "loadtest"},
+    "rollout": {"contract", "rollout"},
     "testdoubles": {"contract", "testdoubles"},
     "benchmarks": set(ROOMS) - {"resnet_serving"},
     "resnet_serving": set(ROOMS),
@@ -137,6 +139,7 @@ def test_no_module_imports_another_modules_private_names() -> None:
         "service.app",
         "service.backends.tfserving",
         "loadtest.targets",
+        "rollout.run",
     ],
 )
 def test_importing_it_loads_no_tensorflow(module: str) -> None:

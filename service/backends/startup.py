@@ -7,6 +7,7 @@ one start-up error the gateway reports (`/readyz`, the log, the CLI's `error:` l
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from contract.manifest import Manifest, read_manifest
 from contract.manifest import version_dir as _version_dir
 from contract.signatures import TensorSig, check_signature
 from service.errors import BackendStartupError
+
+log = logging.getLogger(__name__)
 
 
 def version_dir(model_base: Path, model_name: str, version: int | None) -> Path:
@@ -31,6 +34,23 @@ def load_manifest(path: Path) -> Manifest:
         return read_manifest(path)
     except ManifestError as exc:
         raise BackendStartupError(str(exc)) from None
+
+
+def check_contract(manifest: Manifest, model: str, version: int, *, where: str) -> None:
+    """A manifest served as `model` must be that model's: another model's manifest (a copied
+    directory) is refused. A version number that differs only is logged: the model server's
+    number is the one requests, responses and metrics use."""
+    if manifest.model_name != model:
+        raise BackendStartupError(
+            f"{where}: the manifest is for model {manifest.model_name!r}, not {model!r}"
+        )
+    if manifest.model_version != version:
+        log.warning(
+            "%s: the manifest says version %d; serving it as version %d",
+            where,
+            manifest.model_version,
+            version,
+        )
 
 
 def check_served_signature(

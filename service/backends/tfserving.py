@@ -9,6 +9,15 @@ breaker sits in that seam: every UNAVAILABLE attempt counts as a failure, any an
 server closes it, and while it is open calls fail fast with 503 `circuit_open`. One UNAVAILABLE
 is an answer, not an outage: TF Serving's full batching queue becomes 503 `queue_full` at
 once, with no retry, and counts as a success for the breaker (the server is up, only busy).
+
+Versions come and go while the gateway runs: `versions` asks ModelService.GetModelStatus for
+every version's state and GetModelMetadata (by `version_label`, whose reply names the version)
+for each label; `contract` reads a version's manifest from the model server itself, through
+the export's `serving_manifest` signature (falling back to `<model_base>/<name>/<version>/`
+for exports without it), and checks its `serving_default` against GetModelMetadata. A
+Predict pinned to a version TF Serving has unloaded answers NOT_FOUND `Servable not found for
+request: Specific(name, v)` (core/basic_manager.cc): that becomes VersionGone, which the
+gateway retries on the current version.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,9 +33,16 @@ import grpc
 import numpy as np
 
 from contract import wire
-from contract.errors import TensorError
-from contract.manifest import Manifest
-from contract.signatures import INPUT_PIXELS, OUTPUT_PROBABILITIES, SIGNATURE_PIXELS
+from contract.errors import ManifestError, TensorError
+from contract.manifest import Manifest, parse_manifest
+from contract.signatures import (
+    INPUT_MANIFEST,
+    INPUT_PIXELS,
+    OUTPUT_MANIFEST,
+    OUTPUT_PROBABILITIES,
+    SIGNATURE_MANIFEST,
+    SIGNATURE_PIXELS,
+)
 from contract.tfs_grpc import PREDICT, model_service, prediction_service, unary_unary
 from contract.tfs_protos import (
     GetModelMetadataRequest,
@@ -35,7 +51,8 @@ from contract.tfs_protos import (
     ModelVersionState,
     SignatureDefMap,
 )
-from service.backends.startup import check_served_signature, load_manifest
+from service.backends.base import ModelVersions
+from service.backends.startup import check_contract, check_served_signature, load_manifest
 from service.breaker import CircuitBreaker, State
 from service.errors import (
     BackendError,
@@ -45,6 +62,7 @@ from service.errors import (
     NotReady,
     QueueFull,
     Unavailable,
+    VersionGone,
 )
 
 if TYPE_CHECKING:
@@ -56,6 +74,11 @@ T = TypeVar("T")
 # TF Serving's reply when its batching queue is full (TF kernels/batching_util/
 # shared_batch_scheduler.h, Queue::ValidateBatchTaskQueueCapacity): overloaded, not down.
 TFS_QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
+# A pinned version it does not serve (any more): core/basic_manager.cc, GetUntypedServableHandle,
+# with ServableRequest::DebugString() from core/manager.h.
+TFS_VERSION_NOT_FOUND = "Servable not found for request: Specific("
+# A signature the export does not have: servables/tensorflow/predict_util.cc, RunPredict.
+TFS_NO_SIGNATURE = 'Serving signature key "{}" not found.'
 _HEADROOM_BYTES = 1 << 20  # protobuf framing, metadata, other outputs
 _DEFAULT_MAX_MESSAGE = 4 << 20  # gRPC's own default; enough for status and metadata
 
@@ -102,13 +125,12 @@ class TFServingBackend:
         self._retry_backoff_s = retry_backoff_s
         self._keepalive = (keepalive_time_s, keepalive_timeout_s)
         self._channel: grpc.aio.Channel | None = None
+        self._message_bytes = 0  # the channel's send/receive limit
+        self._retired: set[asyncio.Task[None]] = set()  # old channels finishing their calls
         self._predict_stub: Any = None
         self._predict_bytes: Any = None  # Predict taking the serialised request
         self._status_stub: Any = None
-        self._manifest: Manifest | None = None
-        self._version: int | None = (
-            None  # pinned at start: the version checked against its manifest
-        )
+        self._contracts: dict[tuple[str, int], Manifest] = {}  # checked, per (model, version)
         self._ready_at = 0.0
         self._ready_value = False
         self.breaker = breaker or CircuitBreaker()
@@ -131,9 +153,11 @@ class TFServingBackend:
 
     @property
     def manifest(self) -> Manifest:
-        if self._manifest is None:
+        """The contract of the newest version of the default model checked so far."""
+        mine = [v for (m, v) in self._contracts if m == self._model_name]
+        if self._channel is None or not mine:
             raise NotReady("the tfserving backend has not been started")
-        return self._manifest
+        return self._contracts[(self._model_name, max(mine))]
 
     # -- channel --------------------------------------------------------------------------
 
@@ -153,15 +177,32 @@ class TFServingBackend:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
         ]
+        old = self._channel
         self._channel = grpc.aio.insecure_channel(self._address, options=options)
+        self._message_bytes = max_message_bytes
         self._predict_stub = prediction_service(self._channel)
         self._predict_bytes = unary_unary(self._channel, PREDICT, serialized=True)
         self._status_stub = model_service(self._channel)
+        if old is not None:  # calls already on it finish there
+            task = asyncio.create_task(old.close(grace=self._startup_timeout_s))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
 
-    def _spec(self, version: int | None) -> Any:
-        spec = ModelSpec(name=self._model_name)
+    def _fit_messages(self, manifest: Manifest) -> None:
+        """Make the channel carry the largest bucket of `manifest` (reopened only to grow)."""
+        m = manifest
+        request = m.max_batch * m.input.height * m.input.width * 3
+        reply = m.max_batch * m.num_classes * 4
+        needed = max(request, reply, _DEFAULT_MAX_MESSAGE) + _HEADROOM_BYTES
+        if needed > self._message_bytes:
+            self._open(needed)
+
+    def _spec(self, model: str, version: int | None = None, label: str | None = None) -> Any:
+        spec = ModelSpec(name=model)
         if version is not None:
             spec.version.value = version
+        elif label is not None:
+            spec.version_label = label
         return spec
 
     async def _call(
@@ -217,31 +258,30 @@ class TFServingBackend:
             )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return DeadlineExceeded(f"{what}: {where} did not answer in time")
+        if code == grpc.StatusCode.NOT_FOUND and details.startswith(TFS_VERSION_NOT_FOUND):
+            return VersionGone(
+                f"{what}: {where} no longer serves that version: {details}",
+                retry_after_s=self._retry_after_s,
+            )
         return BackendError(f"{what}: {where} answered {code.name}: {details}")
 
     # -- protocol ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Wait for the model to be AVAILABLE, read its manifest, check its signature."""
-        if self._manifest is not None and self._channel is not None:
+        """Wait for a version of the default model to be AVAILABLE and check its contract."""
+        if self._channel is not None and self._contracts:
             return
-        self._open(_DEFAULT_MAX_MESSAGE)
+        if self._channel is None:
+            self._open(_DEFAULT_MAX_MESSAGE)
         try:
             version = await self._wait_available()
-            path = self._model_base / self._model_name / str(version)
-            manifest = load_manifest(path)
-            await self._check_metadata(manifest, version)
+            manifest = await self.contract(self._model_name, version)
         except BaseException:
             await self.close()
             raise
-        # Re-open with message limits sized for the largest bucket of this model.
-        await self.close()
-        m = manifest
-        request = m.max_batch * m.input.height * m.input.width * 3
-        reply = m.max_batch * m.num_classes * 4
-        self._open(max(request, reply, _DEFAULT_MAX_MESSAGE) + _HEADROOM_BYTES)
-        self._manifest, self._version = manifest, version
-        log.info("tfserving backend ready: %s v%d at %s", m.model_name, version, self._address)
+        log.info(
+            "tfserving backend ready: %s v%d at %s", manifest.model_name, version, self._address
+        )
 
     async def _wait_available(self) -> int:
         """Poll GetModelStatus until a version is AVAILABLE; return it (the highest)."""
@@ -250,7 +290,7 @@ class TFServingBackend:
         while True:
             try:
                 versions = await self._available_versions(
-                    self._model_version, self._connect_timeout_s
+                    self._model_name, self._model_version, self._connect_timeout_s
                 )
                 if versions:
                     return max(versions)
@@ -264,27 +304,115 @@ class TFServingBackend:
                 )
             await asyncio.sleep(0.5)
 
-    async def _available_versions(self, version: int | None, timeout_s: float) -> list[int]:
-        request = GetModelStatusRequest(model_spec=self._spec(version))
-        reply = await self._call(
+    async def _status(self, model: str, version: int | None, timeout_s: float) -> Any:
+        request = GetModelStatusRequest(model_spec=self._spec(model, version))
+        return await self._call(
             "GetModelStatus",
             lambda left: self._status_stub.GetModelStatus(request, timeout=left),
             timeout_s=timeout_s,
         )
+
+    async def _available_versions(
+        self, model: str, version: int | None, timeout_s: float
+    ) -> list[int]:
+        reply = await self._status(model, version, timeout_s)
         return [
             s.version for s in reply.model_version_status if s.state == ModelVersionState.AVAILABLE
         ]
 
-    async def _check_metadata(self, manifest: Manifest, version: int) -> None:
+    async def versions(self, model: str, labels: Sequence[str] = ()) -> ModelVersions:
+        """GetModelStatus for the states (TF Serving ignores labels there); GetModelMetadata
+        by `version_label` for each label, whose reply names the version it points at."""
+        if self._channel is None:
+            raise NotReady("the tfserving backend is not started")
+        try:
+            reply = await self._status(model, None, self._connect_timeout_s)
+        except BackendError as exc:
+            if "NOT_FOUND" not in exc.detail:  # "Could not find any versions of model <m>"
+                raise
+            return ModelVersions()
+        states: dict[int, str] = {}
+        errors: dict[int, str] = {}
+        for s in reply.model_version_status:
+            states[s.version] = ModelVersionState(s.state).name
+            if s.status.error_code:
+                errors[s.version] = s.status.error_message
+        found = await asyncio.gather(*(self._label_version(model, label) for label in labels))
+        resolved = {label: v for label, v in zip(labels, found, strict=True) if v is not None}
+        return ModelVersions(states, errors, resolved)
+
+    async def _label_version(self, model: str, label: str) -> int | None:
+        """The version `label` points at, or None when the label is not set (INVALID_ARGUMENT
+        `Unrecognized servable version label`) or its version is not served (NOT_FOUND)."""
         request = GetModelMetadataRequest(
-            model_spec=self._spec(version), metadata_field=["signature_def"]
+            model_spec=self._spec(model, label=label), metadata_field=["signature_def"]
+        )
+        try:
+            reply = await self._call(
+                "GetModelMetadata",
+                lambda left: self._predict_stub.GetModelMetadata(request, timeout=left),
+                timeout_s=self._connect_timeout_s,
+            )
+        except (BackendError, VersionGone):
+            return None
+        return int(reply.model_spec.version.value)
+
+    async def contract(self, model: str, version: int) -> Manifest:
+        """The manifest of `model` `version`, read over gRPC (or from disk for older exports),
+        with the served `serving_default` checked against it; cached once it passes."""
+        cached = self._contracts.get((model, version))
+        if cached is not None:
+            return cached
+        if self._channel is None:
+            raise NotReady("the tfserving backend is not started")
+        manifest = await self._fetch_manifest(model, version)
+        where = f"TF Serving at {self._address}, model {model!r} v{version}"
+        check_contract(manifest, model, version, where=where)
+        await self._check_metadata(manifest, model, version)
+        self._fit_messages(manifest)
+        self._contracts[(model, version)] = manifest
+        return manifest
+
+    async def _fetch_manifest(self, model: str, version: int) -> Manifest:
+        """`serving_manifest` over Predict; an export without it: the manifest on disk."""
+        request = wire.predict_request(
+            model,
+            signature=SIGNATURE_MANIFEST,
+            inputs={INPUT_MANIFEST: wire.array_tensor(np.zeros(1, np.int32))},
+            output_filter=(OUTPUT_MANIFEST,),
+            version=version,
+        )
+        where = f"TF Serving at {self._address}, model {model!r} v{version}"
+        try:
+            reply = await self._call(
+                "Predict",
+                lambda left: self._predict_stub.Predict(request, timeout=left),
+                timeout_s=self._connect_timeout_s,
+            )
+        except BackendError as exc:
+            if TFS_NO_SIGNATURE.format(SIGNATURE_MANIFEST) not in exc.detail:
+                raise
+            path = self._model_base / model / str(version)
+            log.info("%s has no %s signature: reading %s", where, SIGNATURE_MANIFEST, path)
+            return load_manifest(path)
+        try:
+            rows = wire.tensor_array(
+                reply.outputs[OUTPUT_MANIFEST], dtype="string", shape=(1,), name=OUTPUT_MANIFEST
+            )
+            return parse_manifest(rows[0], where=f"from {where}")
+        except (KeyError, TensorError, ManifestError) as exc:
+            raise BackendStartupError(f"{where}: {SIGNATURE_MANIFEST} answered {exc}") from None
+
+    async def _check_metadata(self, manifest: Manifest, model: str, version: int) -> None:
+        request = GetModelMetadataRequest(
+            model_spec=self._spec(model, version), metadata_field=["signature_def"]
         )
         reply = await self._call(
             "GetModelMetadata",
             lambda left: self._predict_stub.GetModelMetadata(request, timeout=left),
             timeout_s=self._connect_timeout_s,
         )
-        where = f"TF Serving at {self._address}, model {self._model_name!r} v{version}"
+        where = f"TF Serving at {self._address}, model {model!r} v{version}"
         sig_map = SignatureDefMap()
         if "signature_def" not in reply.metadata or not reply.metadata["signature_def"].Unpack(
             sig_map
@@ -303,19 +431,33 @@ class TFServingBackend:
             where=where,
         )
 
-    async def predict(self, images: np.ndarray, *, timeout_s: float) -> np.ndarray:
-        """uint8 [N,H,W,3] -> float32 [N,C] from the pinned version, within `timeout_s`."""
-        if self._manifest is None or self._channel is None:
+    async def predict(
+        self,
+        images: np.ndarray,
+        *,
+        timeout_s: float,
+        model: str | None = None,
+        version: int | None = None,
+    ) -> np.ndarray:
+        """uint8 [N,H,W,3] -> float32 [N,C] from `model` `version` (None: TF Serving's latest)."""
+        if self._channel is None:
             raise NotReady("the tfserving backend is not started")
-        m = self._manifest
-        m.check_images(images)
+        model = model or self._model_name
+        if version is not None:
+            checked = self._contracts.get((model, version)) or await self.contract(model, version)
+        else:
+            known = [v for (m, v) in self._contracts if m == model]
+            if not known:
+                raise NotReady(f"no version of model {model!r} has been checked yet")
+            checked = self._contracts[(model, max(known))]
+        checked.check_images(images)
         # The pixels are copied once, into the serialised request (not three times).
         request = wire.predict_request_bytes(
-            self._model_name,
+            model,
             signature=SIGNATURE_PIXELS,
             inputs={INPUT_PIXELS: images},
             output_filter=(OUTPUT_PROBABILITIES,),
-            version=self._version,
+            version=version,
         )
         reply = await self._call(
             "Predict",
@@ -326,20 +468,25 @@ class TFServingBackend:
             raise BackendError(
                 f"Predict reply has no {OUTPUT_PROBABILITIES!r}. Received: {sorted(reply.outputs)}"
             )
-        return probabilities(reply.outputs[OUTPUT_PROBABILITIES], images.shape[0], m.num_classes)
+        served = int(reply.model_spec.version.value) if version is None else version
+        answered = self._contracts.get((model, served)) or await self.contract(model, served)
+        return probabilities(
+            reply.outputs[OUTPUT_PROBABILITIES], images.shape[0], answered.num_classes
+        )
 
     async def ready(self) -> bool:
-        """The pinned version is AVAILABLE (asked at most once per `ready_cache_s`)."""
-        if self._manifest is None or self._channel is None or self.breaker.state is State.OPEN:
+        """A version of the default model is AVAILABLE (asked at most once per
+        `ready_cache_s`)."""
+        if self._channel is None or not self._contracts or self.breaker.state is State.OPEN:
             return False
         now = time.monotonic()
         if now - self._ready_at < self._ready_cache_s:
             return self._ready_value
         try:
             versions = await self._available_versions(
-                self._version, min(1.0, self._connect_timeout_s)
+                self._model_name, self._model_version, min(1.0, self._connect_timeout_s)
             )
-            value = self._version in versions
+            value = bool(versions)
         except (Unavailable, DeadlineExceeded, BackendError):  # circuit_open included
             value = False
         self._ready_at, self._ready_value = time.monotonic(), value
@@ -349,5 +496,9 @@ class TFServingBackend:
         """Close the channel. Idempotent."""
         channel, self._channel = self._channel, None
         self._ready_at, self._ready_value = 0.0, False
+        self._contracts.clear()
+        self._message_bytes = 0
+        for task in list(self._retired):
+            task.cancel()
         if channel is not None:
             await channel.close()

@@ -96,5 +96,10 @@ def stack(settings: Settings, metrics: GatewayMetrics) -> list[Middleware]:
             timeout_s=settings.body_timeout_s,
             min_rate=settings.body_min_rate,
         ),
-        Middleware(ClassifyLane, router=routes.router, handler=routes.classify_request),
+        Middleware(
+            ClassifyLane,
+            router=routes.router,
+            handler=routes.classify_request,
+            params=routes.query_params_of,
+        ),
     ]

@@ -180,16 +180,44 @@ def test_the_builder_alone_gives_the_models_volume_its_owner(
     has a root-owned /models). Only the builder (uid 10001, /models owned by it) may copy; the
     servers mount read-only with nocopy."""
     services = merged(compose_cmd, *files)
-    base = str(gateway_settings(services["gateway"]["environment"]).model_base_path)
+    base = services["builder"]["environment"]["MODEL_BASE"]
     mounts = models_mounts(services)
-    assert set(mounts) == {"builder", "tfserving", "gateway"}
+    assert set(mounts) == {"builder", "tfserving"}
     assert {m["target"] for m in mounts.values()} == {base}
-    assert services["builder"]["environment"]["MODEL_BASE"] == base
+    assert flags(services["tfserving"])["model_config_file"] == f"{base}/models.config"
     builder = mounts.pop("builder")
     assert not builder.get("read_only") and not builder.get("volume", {}).get("nocopy")
     for name, mount in mounts.items():
         assert mount.get("read_only") is True, f"{name} must mount the models read-only"
         assert mount.get("volume", {}).get("nocopy") is True, f"{name} must not copy-up"
+
+
+@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, COMPOSE_CPU]], ids=["gpu", "cpu"])
+def test_the_gateway_runs_without_the_model_volume(
+    compose_cmd: list[str], files: list[Path]
+) -> None:
+    """Every contract comes from TF Serving (serving_manifest): the gateway mounts nothing of
+    the models and is not told where they are; its admin state stays in its own /tmp."""
+    gateway = merged(compose_cmd, *files)["gateway"]
+    assert not gateway.get("volumes"), gateway.get("volumes")
+    env = gateway["environment"]
+    assert f"{ENV_PREFIX}MODEL_BASE_PATH" not in env
+    settings = gateway_settings(with_defaults(env))
+    assert settings.admin_keys == ("",)  # off until ROLLOUT_ADMIN_KEY is set
+    assert str(settings.shared_state_dir).startswith("/tmp/")
+
+
+def test_the_rollout_can_run_from_the_builder(services: dict[str, Any]) -> None:
+    """`docker compose run --rm builder resnet-serving rollout run ...`: the builder writes
+    models.config and holds the same admin key the gateway checks."""
+    builder, gateway = services["builder"], services["gateway"]
+    assert builder["environment"]["ROLLOUT_ADMIN_KEY"] == ""  # ${ROLLOUT_ADMIN_KEY:-}
+    raw = load_yaml(COMPOSE)["services"]
+    assert raw["builder"]["environment"]["ROLLOUT_ADMIN_KEY"] == "${ROLLOUT_ADMIN_KEY:-}"
+    assert "${ROLLOUT_ADMIN_KEY:-}" in raw["gateway"]["environment"][f"{ENV_PREFIX}ADMIN_KEYS"]
+    assert "default" in (gateway.get("networks") or {}) and "networks" not in builder
+    dockerfile = (ROOT / "deploy" / "builder" / "Dockerfile").read_text()
+    assert "'./[builder,rollout]'" in dockerfile
 
 
 def test_one_model_name_everywhere(services: dict[str, Any]) -> None:

@@ -34,7 +34,8 @@ def resources() -> list[str]:
 
 
 def env_of(doc: dict[str, Any], name: str) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container(doc, name)["env"]}
+    """The literal values (those from a Secret are not known here)."""
+    return {e["name"]: e["value"] for e in container(doc, name)["env"] if "value" in e}
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,9 @@ def test_kustomization_lists_every_manifest() -> None:
 def test_gateway_env_is_real_settings(docs: dict[tuple[str, str], dict[str, Any]]) -> None:
     env = env_of(docs[("Deployment", "gateway")], "gateway")
     fields = {k.removeprefix(ENV_PREFIX).lower(): v for k, v in env.items()}
-    assert all(k.startswith(ENV_PREFIX) for k in env)
-    assert not set(fields) - set(Settings.model_fields)
+    names = [e["name"] for e in container(docs[("Deployment", "gateway")], "gateway")["env"]]
+    assert all(k.startswith(ENV_PREFIX) for k in names)
+    assert not {k.removeprefix(ENV_PREFIX).lower() for k in names} - set(Settings.model_fields)
     settings = Settings.model_validate(fields)
     assert settings.backend == "tfserving"
     host, _, port = settings.tfserving_address.rpartition(":")
@@ -131,9 +133,8 @@ def test_model_volume_is_shared_and_read_only_for_servers(
     docs: dict[tuple[str, str], dict[str, Any]],
 ) -> None:
     pvc = docs[("PersistentVolumeClaim", "models")]
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # gateway replicas span nodes
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # the Job and TF Serving's node
     for kind, name, cname, read_only in [
-        ("Deployment", "gateway", "gateway", True),
         ("Deployment", "tfserving", "tfserving", True),
         ("Job", "model-builder", "builder", False),
     ]:
@@ -159,3 +160,19 @@ def test_the_ingress_limits_are_the_gateways(docs: dict[tuple[str, str], dict[st
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     service = docs[("Service", backend["name"])]
     assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_the_gateway_mounts_no_model_volume(docs: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Contracts come from TF Serving: no PVC, no model path; /tmp (an emptyDir) holds the
+    admin state its worker processes share; admin keys only from an optional Secret."""
+    doc = docs[("Deployment", "gateway")]
+    volumes = doc["spec"]["template"]["spec"]["volumes"]
+    assert [v for v in volumes if "persistentVolumeClaim" in v] == []
+    gateway = container(doc, "gateway")
+    env = {e["name"]: e for e in gateway["env"]}
+    assert f"{ENV_PREFIX}MODEL_BASE_PATH" not in env
+    state_dir = env[f"{ENV_PREFIX}SHARED_STATE_DIR"]["value"]
+    tmp = next(m for m in gateway["volumeMounts"] if m["name"] == "tmp")
+    assert state_dir.startswith(tmp["mountPath"] + "/")
+    secret = env[f"{ENV_PREFIX}ADMIN_KEYS"]["valueFrom"]["secretKeyRef"]
+    assert secret["optional"] is True

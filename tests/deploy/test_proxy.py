@@ -152,6 +152,8 @@ def test_nginx_refuses_what_the_gateway_refuses_and_forwards_the_real_client(
         assert status == 200 and json.loads(body)["client"] == "127.0.0.1"  # not the forgery
         big_head = b"GET / HTTP/1.1\r\nHost: t\r\n" + b"X-A: " + b"a" * 40_000 + b"\r\n\r\n"
         assert http(port, big_head)[0] == 400  # nginx: "Request Header Or Cookie Too Large"
+        admin = b"PUT /admin/models/demo/canary HTTP/1.0\r\nHost: t\r\nConnection: close\r\n\r\n"
+        assert http(port, admin)[0] == 404  # the admin API stays inside the deployment
         big_body = (f"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {21 * 1024 * 1024}\r\n"
                     "Connection: close\r\n\r\n").encode()  # fmt: skip
         assert http(port, big_body)[0] == 413

@@ -14,6 +14,7 @@ from deploy_support import COMPOSE, DEPLOY, FakeRest, container, k8s_docs, load_
 
 from contract import tfs_config as tfc
 from contract.manifest import DEFAULT_BUCKETS, InputSpec, Manifest
+from service.settings import ENV_PREFIX, Settings
 
 HEALTHCHECK = DEPLOY / "tfserving" / "healthcheck.sh"
 
@@ -114,7 +115,9 @@ def test_model_name_agrees_between_configmap_compose_and_k8s() -> None:
     assert compose_name == "${MODEL_NAME:-demo}"
     docs = k8s_docs()
     gw_env = {
-        e["name"]: e["value"] for e in container(docs[("Deployment", "gateway")], "gateway")["env"]
+        e["name"]: e["value"]
+        for e in container(docs[("Deployment", "gateway")], "gateway")["env"]
+        if "value" in e  # not those from a Secret
     }
     job_env = {
         e["name"]: e["value"] for e in container(docs[("Job", "model-builder")], "builder")["env"]
@@ -123,6 +126,11 @@ def test_model_name_agrees_between_configmap_compose_and_k8s() -> None:
     assert names == ["demo"]
     assert gw_env["RESNET_SERVING_MODEL_NAME"] == job_env["MODEL_NAME"] == "demo"
     assert probe["exec"]["command"][2] == "demo"
+    # The gateway serves every model of models.config, and no other.
+    served = Settings.model_validate(
+        {k.removeprefix(ENV_PREFIX).lower(): v for k, v in gw_env.items()}
+    ).served_models()
+    assert sorted(served) == sorted(names)
 
 
 # --- the AVAILABLE health check, run for real against a loopback REST stand-in ----------------
@@ -222,4 +230,15 @@ def test_check_export_loads_and_runs_an_export_as_tf_serving_does(exported_model
     result = run([sys.executable, str(CHECK_EXPORT), str(exported_model.model_base / "tiny" / "1")])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok   every op and attr is registered" in result.stdout
-    assert "ok   ran 12 warmup records through the Session" in result.stdout
+    # 4 client calls (contract.signatures.CLIENT_CALLS) x 4 buckets
+    assert "ok   ran 16 warmup records through the Session" in result.stdout
+
+
+@pytest.mark.parametrize("source", ["compose", "k8s"])
+def test_tfserving_restarts_with_a_labelled_models_config(source: str) -> None:
+    """A rollout leaves `version_labels` in models.config. When TF Serving restarts nothing is
+    loaded yet, and without this flag it refuses labels on versions not AVAILABLE
+    (server_core.cc, UpdateModelVersionLabelMap): it would not start at all."""
+    flags = compose_flags() if source == "compose" else k8s_flags()
+    assert flags["allow_version_labels_for_unavailable_models"] == "true"
+    assert int(flags["model_config_file_poll_wait_seconds"]) > 0  # it re-reads the file

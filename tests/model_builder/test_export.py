@@ -12,22 +12,36 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from contract.manifest import LABELS_RELPATH, WARMUP_RELPATH, read_manifest
+from contract.manifest import (
+    LABELS_RELPATH,
+    MANIFEST_RELPATH,
+    WARMUP_RELPATH,
+    parse_manifest,
+    read_manifest,
+)
 from contract.signatures import (
     CLIENT_CALLS,
     INPUT_BYTES,
+    INPUT_MANIFEST,
     INPUT_PIXELS,
+    OUTPUT_MANIFEST,
     OUTPUT_PROBABILITIES,
     OUTPUT_TOP_K_IDS,
     OUTPUT_TOP_K_SCORES,
     SIGNATURE_BYTES,
+    SIGNATURE_MANIFEST,
     SIGNATURE_PIXELS,
 )
 from contract.tfs_config import (
     BATCHING_CONFIG,
     MODELS_CONFIG,
+    STABLE_LABEL,
+    model_entry,
+    pinned_versions,
     read_batching_parameters,
     read_models_config,
+    with_versions,
+    write_text_proto,
 )
 from model_builder.artifacts import RunInfo
 from model_builder.errors import ExportError
@@ -36,6 +50,7 @@ from model_builder.warmup import read_warmup_requests
 
 FLOAT32_TOLERANCE = 1e-5
 BF16_TOLERANCE = 2e-2  # bfloat16 keeps 8 mantissa bits: ~3 significant digits per op
+FP16_TOLERANCE = 5e-3  # float16 keeps 11: ~3.3 digits, with float32 softmax
 
 
 def _png(pixels: np.ndarray, mode: str = "RGB") -> bytes:
@@ -158,13 +173,46 @@ def test_warmup_records_cover_each_client_call_and_bucket(exported: Any, loaded:
         if sig == SIGNATURE_PIXELS:
             assert batch.dtype == np.uint8 and batch.shape[1:] == (16, 16, 3)
             assert len(request.SerializeToString()) < 200  # not 16*16*3 bytes per image
+        elif sig == SIGNATURE_MANIFEST:
+            assert (name, batch.dtype, batch.ndim) == (INPUT_MANIFEST, np.int32, 1)
         else:
             assert (sig, name, batch.dtype) == (SIGNATURE_BYTES, INPUT_BYTES, object)
             assert tf.io.decode_jpeg(batch[0]).shape == (16, 16, 3)
         out = loaded.signatures[sig](**{name: tf.constant(batch)})
-        assert out[OUTPUT_PROBABILITIES].shape[0] == batch.shape[0]
+        assert next(iter(out.values())).shape[0] == batch.shape[0]
         seen.append((sig, tuple(request.output_filter), batch.shape[0]))
     assert seen == [(c.signature, c.output_filter, n) for c in CLIENT_CALLS for n in (1, 2, 4)]
+
+
+def test_manifest_signature_returns_the_manifest_file(exported: Any, loaded: Any) -> None:
+    """The contract over gRPC: one row per input row, each the very bytes of manifest.json."""
+    import tensorflow as tf
+
+    text = (exported.version_dir / MANIFEST_RELPATH).read_bytes()
+    fn = loaded.signatures[SIGNATURE_MANIFEST]
+    rows = fn(**{INPUT_MANIFEST: tf.constant([7, 0, -1], tf.int32)})[OUTPUT_MANIFEST].numpy()
+    assert rows.shape == (3,) and all(row == text for row in rows)
+    assert parse_manifest(rows[0], where="signature") == read_manifest(exported.version_dir)
+
+
+def test_a_new_export_keeps_the_pinned_versions_and_labels(exported: Any, tmp_path: Path) -> None:
+    """A rollout pins the served versions in models.config; exporting the next candidate
+    must not undo that (TF Serving would load it at once under the default latest policy)."""
+    import shutil
+
+    base = tmp_path / "models"
+    shutil.copytree(exported.model_base, base)
+    config = base / MODELS_CONFIG
+    write_text_proto(
+        config, with_versions(read_models_config(config), "tiny", [1], {STABLE_LABEL: 1})
+    )
+    export_model(
+        exported.model, model_base=base, name="tiny", version=2,
+        run_info=exported.run_info, buckets=(1, 2, 4), top_k=3,
+    )  # fmt: skip
+    entry = model_entry(read_models_config(config), "tiny")
+    assert pinned_versions(entry) == [1]
+    assert dict(entry.version_labels) == {STABLE_LABEL: 1}
 
 
 def test_configs_written_beside_models(exported: Any) -> None:
@@ -226,24 +274,35 @@ def test_second_model_joins_configs_and_must_share_buckets(
     assert not (base / "c" / "1").exists()
 
 
-def test_bfloat16_export_within_tolerance(
-    tmp_path: Path, tiny_model: Any, run_info: RunInfo, pixels: np.ndarray, reference: Any
-) -> None:
+@pytest.mark.parametrize(
+    ("precision", "tolerance"), [("bfloat16", BF16_TOLERANCE), ("float16", FP16_TOLERANCE)]
+)
+def test_reduced_precision_export_within_tolerance(
+    tmp_path: Path, tiny_model: Any, run_info: RunInfo, pixels: np.ndarray, reference: Any,
+    precision: str, tolerance: float,
+) -> None:  # fmt: skip
     import tensorflow as tf
+
+    from model_builder.verify import verify_export
 
     version_dir = export_model(
         tiny_model, model_base=tmp_path, name="tiny", version=1, run_info=run_info,
-        precision="bfloat16", buckets=(1, 2, 4), top_k=3,
+        precision=precision, buckets=(1, 2, 4), top_k=3,
     )  # fmt: skip
-    assert read_manifest(version_dir).precision == "bfloat16"
+    assert read_manifest(version_dir).precision == precision
     out = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE_PIXELS](
         images=tf.constant(pixels)
     )
     probs = out[OUTPUT_PROBABILITIES].numpy()
-    assert probs.dtype == np.float32
+    assert probs.dtype == np.float32  # the wire format does not change with the precision
     expected = reference(tiny_model, pixels)
-    assert np.abs(probs - expected).max() <= BF16_TOLERANCE
+    diff = np.abs(probs - expected).max()
+    assert 0 < diff <= tolerance, diff  # > 0: the model really ran in reduced precision
+    assert (probs.argmax(1) == expected.argmax(1)).all()
     assert tiny_model.dtype_policy.name == "float32"  # the source model is left alone
+    # Every check of `verify` (parity at the precision's tolerance, warmup run as TF Serving does).
+    report = verify_export(version_dir, model=tiny_model, use_cli=False)
+    assert report.ok and not report.skipped, report.lines()
 
 
 def test_cli_export_writes_a_verifiable_version(

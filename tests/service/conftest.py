@@ -22,6 +22,8 @@ import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
+from contract.manifest import Manifest
+from service.backends.base import ModelVersions
 from service.decode import configure_pillow
 from service.settings import Settings
 
@@ -34,6 +36,19 @@ LABELS = tuple(f"class_{i}" for i in range(10))
 def _pillow_as_the_gateway_sets_it() -> None:
     """Tests that decode without a gateway get the Pillow settings the gateway sets at start."""
     configure_pillow()
+
+
+class OneVersion:
+    """What the gateway's model registry asks of a backend, for doubles that serve one
+    manifest (`self.manifest`) as the one AVAILABLE version of whatever model is asked for."""
+
+    manifest: Manifest
+
+    async def versions(self, model: str, labels: tuple[str, ...] = ()) -> ModelVersions:
+        return ModelVersions({self.manifest.model_version: "AVAILABLE"})
+
+    async def contract(self, model: str, version: int) -> Manifest:
+        return self.manifest
 
 
 class LiveServer(NamedTuple):

@@ -15,7 +15,7 @@ from service.admission import MIN_PAUSE_S, OverloadPause, QueueWaitEstimate
 from service.app import create_app
 from service.batcher import MicroBatcher
 from service.errors import QueueFull
-from tests.service.conftest import LABELS, gateway_settings
+from tests.service.conftest import LABELS, OneVersion, gateway_settings
 from tests.service.conftest import serving as serve_app
 from tests.service.test_api import MANIFEST as API_MANIFEST
 from tests.service.test_api import DoubleBackend, pixel
@@ -31,6 +31,7 @@ def bucket_for(n: int) -> int:
     [
         ({}, 100, 0.0),  # nothing learnt yet: no basis for shedding
         ({8: 0.1}, 0, 0.0),
+        ({1: 0.01}, 1, 0.01),  # one image queued already waits for a call
         ({8: 0.1}, 8, 0.1),
         ({8: 0.1}, 16, 0.2),
         ({8: 0.1}, 20, 0.25),  # 2 full batches + bucket 4, scaled from bucket 8: 0.1 * 4/8
@@ -52,6 +53,13 @@ def test_estimate_is_the_median_of_recent_calls_and_plans_for_the_75th_percentil
     assert est.batch_seconds(8) == pytest.approx(0.4)
     assert est.batch_seconds(8, conservative=True) == pytest.approx(0.6)
     assert est.wait_s(16) == pytest.approx(1.2)
+    # A partial batch is planned for the 75th percentile too: bucket 4, scaled from 8: 0.6 / 2.
+    assert est.wait_s(12) == pytest.approx(0.6 + 0.3)
+
+
+def test_estimate_refuses_a_max_batch_below_one() -> None:
+    with pytest.raises(ValueError, match=r"max_batch_size must be >= 1\. Received: 0"):
+        QueueWaitEstimate(0, bucket_for)
 
 
 def test_one_stalled_call_does_not_move_the_estimate() -> None:
@@ -155,6 +163,56 @@ async def test_refuses_work_that_would_wait_too_long(
     await batcher.close()
 
 
+async def test_nothing_learnt_yet_is_no_reason_to_shed() -> None:
+    """A fresh gateway (no call measured) takes a queue beyond one batch: no estimate, no
+    basis for refusing; the length bound still holds."""
+    backend = RecordingBackend(gate=asyncio.Event())
+    batcher = MicroBatcher(backend, MANIFEST, max_batch_size=8, max_wait_ms=0,
+                           max_queue_images=64, max_queue_wait_s=0.01)  # fmt: skip
+    tasks = await blocked_with_16_queued(batcher, backend)
+    tasks.append(asyncio.create_task(batcher.submit([image(3)] * 8, deadline=later())))
+    while batcher.queue_depth < 24:
+        await asyncio.sleep(0.001)
+    backend.gate.set()  # type: ignore[union-attr]
+    assert [len(r) for r in await asyncio.gather(*tasks)] == [8, 16, 8]
+    await batcher.close()
+
+
+@pytest.mark.parametrize(
+    ("calls_s", "limit_s", "refused"),
+    [
+        # The call at the backend is planned at the 75th percentile of recent calls (1.0 s
+        # here, the median is 0.1 s): 1.0 + 2 x 1.0 + 1.0 / 8 = 3.125 s of wait.
+        ([0.1] * 4 + [1.0] * 4, 3.0, True),
+        # Fast calls: what is left of the call at the backend (~0.1 s) counts, not a whole second.
+        ([0.1] * 8, 0.5, False),
+    ],
+    ids=["planned-at-p75", "fast-calls"],
+)
+async def test_the_call_at_the_backend_counts_for_what_is_left_of_it(
+    calls_s: list[float], limit_s: float, refused: bool
+) -> None:
+    backend = RecordingBackend(gate=asyncio.Event())
+    batcher = MicroBatcher(backend, MANIFEST, max_batch_size=8, max_wait_ms=0,
+                           max_queue_images=64, max_queue_wait_s=limit_s)  # fmt: skip
+    for seconds in calls_s:
+        batcher.wait_estimate.observe(8, seconds)
+    tasks = await blocked_with_16_queued(batcher, backend)
+    if refused:
+        with pytest.raises(QueueFull, match="estimated queue wait"):
+            await batcher.submit([image(3)], deadline=later())
+        with pytest.raises(QueueFull):
+            await batcher.submit([image(3)], deadline=later())
+        assert batcher.stats.rejected == 2  # counted over both refusals
+    else:
+        tasks.append(asyncio.create_task(batcher.submit([image(3)], deadline=later())))
+        while batcher.queue_depth < 17:
+            await asyncio.sleep(0.001)
+    backend.gate.set()  # type: ignore[union-attr]
+    await asyncio.gather(*tasks)
+    await batcher.close()
+
+
 async def test_an_idle_queue_always_takes_work() -> None:
     backend = RecordingBackend()
     batcher = make(backend, max_queue_wait_s=0.001)
@@ -203,7 +261,7 @@ def test_an_overloaded_gateway_sheds_before_reading_the_body() -> None:
     assert registry.get_sample_value("gateway_decode_seconds_count") == 2  # refused: not decoded
 
 
-class StallingBackend:
+class StallingBackend(OneVersion):
     """Answers in `base_s + per_image_s * n`; `stall(seconds)` makes the next call that long."""
 
     name = "stalling"
@@ -228,7 +286,7 @@ class StallingBackend:
 
     async def close(self) -> None: ...
 
-    async def predict(self, images: np.ndarray, *, timeout_s: float) -> np.ndarray:
+    async def predict(self, images: np.ndarray, *, timeout_s: float, **_: object) -> np.ndarray:
         self.calls += 1
         delay, self._stall_s = self._stall_s or self.base_s + self.per_image_s * len(images), 0.0
         await asyncio.sleep(delay)
@@ -248,20 +306,22 @@ async def burst(url: str, n: int) -> Counter[int]:
 
 def test_admission_recovers_at_once_after_one_backend_stall(tmp_path: Path) -> None:
     """Issue: after one 3 s stall the estimate stayed at seconds and ~99% of every later
-    burst got 503 for minutes. Now the same burst is served right after the stall ends."""
+    burst got 503 for minutes. Now a burst right after the stall is served as well as the
+    same burst was before it (compared within the run: a busy machine slows both)."""
     backend = StallingBackend()
     settings = gateway_settings(
         tmp_path, max_batch_size=32, max_wait_ms=5.0, max_queue_images=512,
-        max_queue_wait_s=1.0, request_timeout_s=10.0,
+        max_queue_wait_s=3.0, request_timeout_s=10.0,
     )  # fmt: skip
     with serve_app(create_app(settings, backend=backend)) as live:
-        fresh = asyncio.run(burst(live.url, 200))  # also teaches every bucket up to 32
-        assert fresh[200] == 200, f"a fresh gateway must serve the burst: {fresh}"
-        backend.stall(3.0)
+        asyncio.run(burst(live.url, 200))  # teaches every bucket up to 32
+        before = asyncio.run(burst(live.url, 200))  # the same burst, admission estimating
+        assert before[200] >= 150, f"the machine must serve most of the burst: {before}"
+        backend.stall(5.0)
         stalled = asyncio.run(burst(live.url, 32))  # one full batch meets the stall
         assert stalled[200] >= 1, stalled
         after = asyncio.run(burst(live.url, 200))
-    assert after[200] == 200, f"right after the stall: {after}"
+    assert after[200] >= min(200, before[200]) - 10, f"before {before}, right after {after}"
 
 
 # ------------------------------------------ the model server's own "queue full": a pause

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from contract.manifest import InputSpec, Manifest
 from service.app import create_app
@@ -25,7 +26,8 @@ from service.errors import BackendUnavailable
 from service.routes import top_k_indices
 from service.schemas import ClassifyResponse, json_bytes_response
 from service.settings import Settings
-from tests.service.conftest import LABELS, MODEL_NAME, SIDE, gateway_settings, png
+from service.state import state_of
+from tests.service.conftest import LABELS, MODEL_NAME, SIDE, OneVersion, gateway_settings, png
 from tests.service.conftest import serving as serve_app
 
 MANIFEST = Manifest(
@@ -38,7 +40,7 @@ MANIFEST = Manifest(
 
 
 @dataclass
-class DoubleBackend:
+class DoubleBackend(OneVersion):
     """Answers a fixed distribution per image: class = first pixel's red value mod classes."""
 
     name: str = "double"
@@ -53,8 +55,6 @@ class DoubleBackend:
 
     @property
     def manifest(self) -> Manifest:
-        if isinstance(self.fail, RuntimeError) and "manifest" in str(self.fail):
-            raise self.fail
         return MANIFEST
 
     async def start(self) -> None: ...
@@ -65,7 +65,7 @@ class DoubleBackend:
     async def close(self) -> None:
         self.gate.set()
 
-    async def predict(self, images: np.ndarray, *, timeout_s: float) -> np.ndarray:
+    async def predict(self, images: np.ndarray, *, timeout_s: float, **_: object) -> np.ndarray:
         self.calls += 1
         await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 10)
         if self.fail is not None:
@@ -192,19 +192,39 @@ def test_models_health_docs(api: httpx.Client, double: DoubleBackend) -> None:
     assert "/v1/classify" in api.get("/openapi.json").json()["paths"]
 
 
+def metric_values(client: httpx.Client) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of `/metrics`, by (name, labels)."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for sample in family.samples
+    }
+
+
 def test_metrics_count_requests_batches_and_errors(api: httpx.Client) -> None:
-    api.post("/v1/classify", content=pixel(1), headers={"content-type": "image/png"})
-    api.post("/v1/classify", content=b"x", headers={"content-type": "text/plain"})
-    text = api.get("/metrics").text
-    for name in (
-        'gateway_request_duration_seconds_count{method="POST",route="/v1/classify",status="200"}',
-        'gateway_errors_total{code="unsupported_media_type",status="415"}',
-        "gateway_batch_size_count",
-        "gateway_decode_seconds_count",
-        'gateway_backend_seconds_count{backend="double"}',
-        "gateway_queue_depth",
-    ):
-        assert name in text, name
+    """The counters move by what was done: one image classified, one request refused."""
+    before = metric_values(api)
+    ok = api.post("/v1/classify", content=pixel(1), headers={"content-type": "image/png"})
+    refused = api.post("/v1/classify", content=b"x", headers={"content-type": "text/plain"})
+    assert (ok.status_code, refused.status_code) == (200, 415)
+    after = metric_values(api)
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    route = {"method": "POST", "route": "/v1/classify"}
+    assert moved("gateway_request_duration_seconds_count", **route, status="200") == 1
+    assert moved("gateway_request_duration_seconds_count", **route, status="415") == 1
+    assert moved("gateway_errors_total", code="unsupported_media_type", status="415") == 1
+    assert moved("gateway_images_total") == 1
+    assert moved("gateway_batch_size_count") == 1 and moved("gateway_batch_size_sum") == 1
+    assert moved("gateway_backend_calls_total", backend="double", outcome="ok") == 1
+    assert moved("gateway_queue_seconds_count") == 1
+    assert moved("gateway_decode_seconds_count") == 1  # the refused body was never decoded
+    assert moved("gateway_backend_seconds_count", backend="double") == 1
+    assert moved("gateway_backend_seconds_sum", backend="double") > 0
+    assert after[("gateway_queue_depth", frozenset())] == 0
 
 
 def test_backend_unavailable_is_503_with_retry_after(
@@ -217,12 +237,16 @@ def test_backend_unavailable_is_503_with_retry_after(
 
 
 def test_backend_bug_is_502_and_a_gateway_bug_is_500_without_traceback(
-    api: httpx.Client, double: DoubleBackend
+    api: httpx.Client, double: DoubleBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     double.fail = ZeroDivisionError("secret internals")
     r = api.post("/v1/classify", content=pixel(1), headers={"content-type": "image/png"})
     assert "secret" not in assert_error(r, 502, "backend_error")["detail"]
-    double.fail = RuntimeError("manifest exploded: secret internals")
+
+    def bug(*args: object) -> None:
+        raise RuntimeError("manifest exploded: secret internals")
+
+    monkeypatch.setattr("service.routes._model_info", bug)
     r = api.get("/v1/models")
     body = assert_error(r, 500, "internal_error")
     assert "secret" not in r.text and "Traceback" not in r.text and body["request_id"]
@@ -239,9 +263,12 @@ def test_full_queue_is_503_at_once_and_others_still_served() -> None:
     settings = gateway_settings(
         Path("unused"), max_batch_size=1, max_queue_images=1, max_wait_ms=0.0, retry_after_s=2
     )
-    with serve_app(create_app(settings, backend=double)) as live:
+    app = create_app(settings, backend=double)
+    with serve_app(app) as live:
         double.gate.clear()
         img = {"content": pixel(1), "headers": {"content-type": "image/png"}}
+        batcher = state_of(app).batcher
+        assert batcher is not None
 
         async def scenario() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=live.url, timeout=20) as client:
@@ -249,7 +276,9 @@ def test_full_queue_is_503_at_once_and_others_still_served() -> None:
                 while double.calls == 0:
                     await asyncio.sleep(0.01)
                 queued = asyncio.create_task(client.post("/v1/classify", **img))
-                await asyncio.sleep(0.3)  # let it reach the queue
+                async with asyncio.timeout(10):
+                    while batcher.queue_depth == 0:  # it reached the queue
+                        await asyncio.sleep(0.01)
                 refused = await client.post("/v1/classify", **img)
                 double.gate.set()
                 return [refused, await at_backend, await queued]

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from service.app import create_app
+from service.state import state_of
 from tests.service.conftest import SIDE, LiveServer, gateway_settings, png, random_images
 from tests.service.conftest import serving as serve_app
 from tests.service.test_api import DoubleBackend
@@ -155,11 +156,31 @@ def test_still_serving_after_bad_input(gateway: LiveServer) -> None:
     assert 'gateway_errors_total{code="not_an_image",status="400"}' in errors
 
 
-def test_input_size_is_the_models(embedded_gateway: LiveServer) -> None:
-    """A large photo is resized by decode, not refused: the model only ever sees SIDE x SIDE."""
-    photo = _encoded(np.random.default_rng(1).integers(0, 256, (480, 640, 3), np.uint8), "JPEG")
+def test_input_size_is_the_models(
+    embedded_gateway: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large photo is resized by decode, not refused: the model only ever sees SIDE x SIDE.
+
+    The embedded backend's calls are recorded: the photo (red left half, blue right half,
+    640 x 480) must arrive as one SIDE x SIDE uint8 row, still red on the left, blue on the right.
+    """
+    backend = state_of(embedded_gateway.app).backend
+    seen: list[np.ndarray] = []
+    predict = backend.predict
+
+    async def recording(images: np.ndarray, *, timeout_s: float) -> np.ndarray:
+        seen.append(images.copy())
+        return await predict(images, timeout_s=timeout_s)
+
+    monkeypatch.setattr(backend, "predict", recording)
+    halves = np.zeros((480, 640, 3), np.uint8)
+    halves[:, :320, 0] = 255
+    halves[:, 320:, 2] = 255
     with httpx.Client(base_url=embedded_gateway.url, timeout=20) as client:
-        r = client.post("/v1/classify", **raw(photo, "image/jpeg"))
-        assert r.status_code == 200, r.text
-        (model,) = client.get("/v1/models").json()["models"]
-    assert model["input"]["height"] == SIDE
+        r = client.post("/v1/classify", **raw(_encoded(halves, "JPEG"), "image/jpeg"))
+    assert r.status_code == 200, r.text
+    (batch,) = seen
+    assert batch.dtype == np.uint8 and batch.shape == (1, SIDE, SIDE, 3)  # bucket 1, one image
+    row = batch[0].astype(int)
+    assert (row[:, 0, 0] > 200).all() and (row[:, 0, 2] < 60).all()  # left edge: red
+    assert (row[:, -1, 2] > 200).all() and (row[:, -1, 0] < 60).all()  # right edge: blue

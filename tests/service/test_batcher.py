@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +20,7 @@ from service.errors import (
     QueueFull,
     ShuttingDown,
 )
+from tests.service.conftest import OneVersion
 
 H = W = 4
 CLASSES = 8
@@ -36,7 +39,7 @@ def image(value: int) -> np.ndarray:
 
 
 @dataclass
-class RecordingBackend:
+class RecordingBackend(OneVersion):
     """Backend double: row i of the answer encodes image i's pixel value, calls are recorded."""
 
     name: str = "double"
@@ -45,6 +48,7 @@ class RecordingBackend:
     batches: list[np.ndarray] = field(default_factory=list)
     gate: asyncio.Event | None = None  # when set: each call waits for it
     fail_with: list[BaseException] = field(default_factory=list)  # raised by the next calls
+    delay_s: float = 0.0  # each call takes at least this long
 
     @property
     def manifest(self) -> Manifest:
@@ -57,11 +61,13 @@ class RecordingBackend:
 
     async def close(self) -> None: ...
 
-    async def predict(self, images: np.ndarray, *, timeout_s: float) -> np.ndarray:
+    async def predict(self, images: np.ndarray, *, timeout_s: float, **_: object) -> np.ndarray:
         self.calls.append((images.shape[0], timeout_s))
         self.batches.append(images.copy())
         if self.gate is not None:
             await self.gate.wait()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.fail_with:
             raise self.fail_with.pop(0)
         out = np.zeros((images.shape[0], CLASSES), np.float32)
@@ -90,7 +96,10 @@ def later(seconds: float = 10.0) -> float:
     return asyncio.get_running_loop().time() + seconds
 
 
-async def test_concurrent_requests_share_calls_and_get_their_own_rows() -> None:
+async def test_concurrent_requests_share_calls_and_get_their_own_rows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="service.batcher")
     backend = RecordingBackend()
     records: list[BatchRecord] = []
     batcher = MicroBatcher(
@@ -107,6 +116,7 @@ async def test_concurrent_requests_share_calls_and_get_their_own_rows() -> None:
     assert all(rows in MANIFEST.batch_buckets for rows, _ in backend.calls)
     assert batcher.stats.images == 40 and batcher.stats.backend_calls == len(backend.calls)
     assert sum(r.images for r in records) == 40
+    assert not caplog.records, "the loop logged trouble in normal operation"
 
 
 async def test_multi_image_request_spans_batches_in_order() -> None:
@@ -124,12 +134,13 @@ async def test_pads_to_the_nearest_bucket_with_zeros() -> None:
     batcher = make(backend)
     await batcher.start()
     out = await batcher.submit([image(7), image(9), image(11)], deadline=later())
+    await batcher.submit([image(1)] * 5, deadline=later())  # bucket 8: 3 more zero images
+    assert batcher.stats.padded == 4
     await batcher.close()
     assert [r.batch_size for r in out] == [3, 3, 3]
-    (batch,) = backend.batches
-    assert batch.shape == (4, H, W, 3)
+    batch = backend.batches[0]
+    assert batch.shape == (4, H, W, 3) and batch.dtype == np.uint8
     assert batch[3].max() == 0 and batch[2].min() == 11
-    assert batcher.stats.padded == 1
 
 
 def test_max_batch_is_capped_at_the_largest_bucket() -> None:
@@ -145,27 +156,43 @@ async def test_full_queue_answers_queue_full_at_once() -> None:
         await asyncio.sleep(0.001)
     queued = asyncio.create_task(batcher.submit([image(2)] * 4, deadline=later()))
     await asyncio.sleep(0)
+    assert batcher.queue_depth == batcher.stats.queue_depth == 4
     with pytest.raises(QueueFull) as info:
         await batcher.submit([image(3)], deadline=later())
     assert info.value.retry_after_s == 3 and info.value.status == 503
+    with pytest.raises(QueueFull, match="queue holds 4 of 4 images; cannot take 2 more"):
+        await batcher.submit([image(3)] * 2, deadline=later())
+    assert batcher.stats.rejected == 3  # images refused, over both requests
     backend.gate.set()  # type: ignore[union-attr]
     assert len(await first) == 4 and len(await queued) == 4
+    assert batcher.stats.queue_depth == 0
     await batcher.close()
 
 
 async def test_expired_items_never_reach_the_backend() -> None:
+    """Two ways an item's budget ends before the model could answer it: it runs out while the
+    item waits in the queue (its caller gives up), or what is left of it when its turn comes
+    is shorter than a call takes (the batch fails it then). Neither takes a row of a call."""
     backend = RecordingBackend(gate=asyncio.Event())
     batcher = make(backend, max_batch_size=1, max_wait_ms=0)
+    for _ in range(8):
+        batcher.wait_estimate.observe(1, 5.0)  # as if calls took 5 s (one fast call: still 5 s)
     await batcher.start()
-    slow = asyncio.create_task(batcher.submit([image(1)], deadline=later()))
+    slow = asyncio.create_task(batcher.submit([image(1)], deadline=later(30.0)))
     while not backend.calls:
         await asyncio.sleep(0.001)
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlineExceeded, match="waiting for the model"):
         await batcher.submit([image(2)], deadline=later(0.05))
+    doomed = asyncio.create_task(batcher.submit([image(3)], deadline=later(3.0)))
+    while batcher.queue_depth == 0:
+        await asyncio.sleep(0.001)
     backend.gate.set()  # type: ignore[union-attr]
+    with pytest.raises(DeadlineExceeded, match="while queued for the model"):
+        await doomed  # 3 s left when its turn came, a call takes ~5 s: failed at once
     assert (await slow)[0].probabilities[0] == 1
     await batcher.close()
-    assert len(backend.calls) == 1 and backend.batches[0][0].max() == 1
+    assert [int(batch[0].max()) for batch in backend.batches] == [1]
+    assert batcher.stats.expired == 1
 
 
 async def test_backend_gets_the_latest_deadline_and_each_caller_its_own() -> None:
@@ -209,6 +236,7 @@ async def test_items_that_cannot_make_their_deadline_skip_the_backend() -> None:
         (BackendUnavailable("model server down", retry_after_s=1), BackendUnavailable),
         (RuntimeError("bug in a backend"), BackendError),
     ],
+    ids=["unavailable", "bug"],
 )
 async def test_backend_failure_fails_only_its_batch(
     raised: BaseException, expected: type[Exception]
@@ -216,12 +244,17 @@ async def test_backend_failure_fails_only_its_batch(
     backend = RecordingBackend(fail_with=[raised])
     batcher = make(backend, max_wait_ms=0)
     await batcher.start()
-    with pytest.raises(expected):
+    with pytest.raises(expected) as info:
         await batcher.submit([image(1), image(2)], deadline=later())
+    if isinstance(raised, RuntimeError):  # the class is named, its text (internals) is not
+        assert str(info.value) == "backend call failed: RuntimeError"
     out = await batcher.submit([image(5)], deadline=later())  # the loop survived
+    backend.fail_with.append(raised)
+    with pytest.raises(expected):
+        await batcher.submit([image(6)], deadline=later())
     await batcher.close()
     assert out[0].probabilities[0] == 5
-    assert batcher.stats.failed_batches == 1
+    assert batcher.stats.failed_batches == 2 and batcher.stats.backend_calls == 3
 
 
 async def test_close_with_drain_flushes_the_queue_then_refuses() -> None:
@@ -231,13 +264,14 @@ async def test_close_with_drain_flushes_the_queue_then_refuses() -> None:
     tasks = [asyncio.create_task(batcher.submit([image(v)], deadline=later())) for v in range(6)]
     while not backend.calls:
         await asyncio.sleep(0.001)
-    closing = asyncio.create_task(batcher.close(drain=True))
+    closing = asyncio.create_task(batcher.close())  # drains by default
     await asyncio.sleep(0.01)
     backend.gate.set()  # type: ignore[union-attr]
     await closing
     assert [(await t)[0].probabilities[0] for t in tasks] == list(range(6))
-    with pytest.raises(ShuttingDown):
+    with pytest.raises(ShuttingDown) as info:
         await batcher.submit([image(1)], deadline=later())
+    assert info.value.retry_after_s == 3
 
 
 async def test_close_without_drain_fails_what_is_queued() -> None:
@@ -250,11 +284,208 @@ async def test_close_without_drain_fails_what_is_queued() -> None:
     queued = asyncio.create_task(batcher.submit([image(2)], deadline=later()))
     await asyncio.sleep(0.01)
     closing = asyncio.create_task(batcher.close(drain=False))
-    with pytest.raises(ShuttingDown):
+    with pytest.raises(ShuttingDown, match="the gateway is shutting down"):
         await queued
+    assert batcher.queue_depth == batcher.stats.queue_depth == 0
     backend.gate.set()  # type: ignore[union-attr]
     await closing
     assert (await first)[0].probabilities[0] == 1  # what was at the backend still finishes
+
+
+async def test_a_drain_that_overruns_its_timeout_fails_the_rest_and_returns() -> None:
+    """The model never answers: close(timeout_s) still returns at its timeout, and every
+    caller, queued or at the backend, gets 503 shutting_down then, not at its own deadline."""
+    backend = RecordingBackend(gate=asyncio.Event())  # never set: the call never returns
+    batcher = make(backend, max_batch_size=1, max_wait_ms=0)
+    await batcher.start()
+    at_backend = asyncio.create_task(batcher.submit([image(1)], deadline=later(60.0)))
+    while not backend.calls:
+        await asyncio.sleep(0.001)
+    queued = asyncio.create_task(batcher.submit([image(2)], deadline=later(60.0)))
+    while batcher.queue_depth == 0:
+        await asyncio.sleep(0.001)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    try:
+        await asyncio.wait_for(batcher.close(drain=True, timeout_s=0.3), 10)
+    except TimeoutError:
+        pytest.fail("close() did not return: a drain that overruns must still end")
+    assert loop.time() - t0 < 2.0
+    for caller in (at_backend, queued):
+        with pytest.raises(ShuttingDown, match="the gateway is shutting down"):
+            await asyncio.wait_for(caller, 1)
+    assert len(backend.calls) == 1  # the queued image never reached the model
+    with pytest.raises(ShuttingDown):
+        await batcher.submit([image(3)], deadline=later())
+
+
+async def test_failed_batches_teach_the_wait_estimate_nothing() -> None:
+    """A call that failed says nothing about how fast the model is: only answered calls count,
+    so a burst of slow failures (a server timing out) does not make the gateway shed later."""
+    backend = RecordingBackend(
+        fail_with=[BackendUnavailable("model server down", retry_after_s=1)] * 3, delay_s=0.2
+    )
+    batcher = make(backend, max_batch_size=1, max_wait_ms=0)
+    await batcher.start()
+    for _ in range(3):
+        with pytest.raises(BackendUnavailable):
+            await batcher.submit([image(1)], deadline=later())
+    assert batcher.wait_estimate.batch_seconds(1) is None  # nothing learnt from failures
+    backend.delay_s = 0.0
+    await batcher.submit([image(2)], deadline=later())
+    await batcher.close()
+    learnt = batcher.wait_estimate.batch_seconds(1)
+    assert learnt is not None and learnt < 0.15, learnt  # the answered call, not the 0.2 s failures
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_batch_size": 0}, {"max_queue_images": 0}, {"max_inflight_batches": 0}],
+    ids=["max_batch_size", "max_queue_images", "max_inflight_batches"],
+)
+def test_refuses_limits_below_one(kwargs: dict[str, int]) -> None:
+    limits = {"max_batch_size": 1, "max_queue_images": 1, "max_inflight_batches": 1, **kwargs}
+    with pytest.raises(ValueError, match=r"must be >= 1\. Received: .*=0"):
+        MicroBatcher(RecordingBackend(), MANIFEST, max_wait_ms=0, **limits)
+    MicroBatcher(RecordingBackend(), MANIFEST, max_wait_ms=0, **{k: 1 for k in limits})
+
+
+async def test_a_batch_waits_max_wait_for_more_images() -> None:
+    """Images arriving within max_wait of the first share its call; max_wait is in ms."""
+    backend = RecordingBackend()
+    batcher = make(backend, max_batch_size=8, max_wait_ms=300)
+    await batcher.start()
+    first = asyncio.create_task(batcher.submit([image(1)], deadline=later()))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(batcher.submit([image(2)], deadline=later()))
+    await asyncio.gather(first, second)
+    await batcher.close()
+    assert [rows for rows, _ in backend.calls] == [2]
+
+
+async def test_each_result_says_where_its_time_went() -> None:
+    backend = RecordingBackend(delay_s=0.1)
+    batcher = make(backend, max_batch_size=2, max_wait_ms=0)
+    await batcher.start()
+    (result,) = await batcher.submit([image(1)], deadline=later())
+    await batcher.close()
+    assert 0.1 <= result.backend_s < 5.0
+    assert 0.0 <= result.queue_s < 5.0 and result.batch_size == 1
+
+
+async def test_the_backend_call_ends_with_the_callers_budget() -> None:
+    backend = RecordingBackend()
+    batcher = make(backend, max_batch_size=1, max_wait_ms=0)
+    await batcher.start()
+    await batcher.submit([image(1)], deadline=later(0.5))
+    await batcher.close()
+    ((_, timeout_s),) = backend.calls
+    assert 0 < timeout_s <= 0.5
+
+
+async def test_on_batch_sees_every_call_and_its_outcome() -> None:
+    backend = RecordingBackend(
+        fail_with=[BackendUnavailable("down", retry_after_s=1)], delay_s=0.01
+    )
+    records: list[BatchRecord] = []
+    batcher = MicroBatcher(backend, MANIFEST, max_batch_size=8, max_wait_ms=0,
+                           max_queue_images=64, on_batch=records.append)  # fmt: skip
+    await batcher.start()
+    with pytest.raises(BackendUnavailable):
+        await batcher.submit([image(1)] * 3, deadline=later())
+    await batcher.submit([image(2)] * 5, deadline=later())
+    await batcher.close()
+    assert [(r.images, r.bucket, r.ok) for r in records] == [(3, 4, False), (5, 8, True)]
+    assert all(r.backend_s >= 0.01 for r in records)
+
+
+async def test_a_backend_answer_of_the_wrong_shape_fails_the_batch() -> None:
+    class Flat(RecordingBackend):
+        async def predict(self, images: np.ndarray, *, timeout_s: float) -> np.ndarray:
+            return np.zeros(images.shape[0], np.float32)  # 1-D: not [rows, classes]
+
+    batcher = make(Flat(), max_wait_ms=0)
+    await batcher.start()
+    with pytest.raises(BackendError, match=r"backend returned shape \(2,\) for a batch of 2"):
+        await batcher.submit([image(1), image(2)], deadline=later())
+    await batcher.close()
+
+
+async def test_a_request_that_failed_early_takes_no_more_rows() -> None:
+    """A 20-image request whose first batch fails: its other 12 images are dropped, not sent."""
+    backend = RecordingBackend(fail_with=[BackendUnavailable("down", retry_after_s=1)])
+    batcher = make(backend, max_batch_size=8, max_wait_ms=0)
+    await batcher.start()
+    with pytest.raises(BackendUnavailable):
+        await batcher.submit([image(v) for v in range(20)], deadline=later())
+    await batcher.submit([image(99)], deadline=later())
+    await batcher.close()
+    assert [int(b[0].max()) for b in backend.batches] == [0, 99]
+
+
+async def test_a_caller_who_gave_up_does_not_hold_up_the_rest_of_its_batch() -> None:
+    """In one batch, the first caller gives up while queued, and again while at the backend:
+    the callers after it in the batch are still answered at once."""
+    backend = RecordingBackend(gate=asyncio.Event())
+    batcher = make(backend, max_batch_size=3, max_wait_ms=1000)
+    await batcher.start()
+    quitter = asyncio.create_task(batcher.submit([image(1)], deadline=later()))
+    await asyncio.sleep(0.01)
+    quitter.cancel()  # gave up while queued
+    patient = asyncio.create_task(batcher.submit([image(2)], deadline=later(30.0)))
+    another = asyncio.create_task(batcher.submit([image(3)], deadline=later(30.0)))
+    while not backend.calls:
+        await asyncio.sleep(0.001)
+    patient.cancel()  # gave up while at the backend
+    backend.gate.set()  # type: ignore[union-attr]
+    (result,) = await asyncio.wait_for(another, 5)
+    await batcher.close()
+    assert result.probabilities[0] == 3
+    ((rows, _),) = backend.calls
+    assert rows == 2 and backend.batches[0][:2, 0, 0, 0].tolist() == [2, 3]  # no quitter row
+
+
+async def test_an_expired_item_first_in_its_batch_does_not_hold_up_the_rest() -> None:
+    backend = RecordingBackend()
+    batcher = make(backend, max_batch_size=4, max_wait_ms=50)
+    for _ in range(8):
+        batcher.wait_estimate.observe(4, 0.5)  # calls of 4 take ~0.5 s
+    await batcher.start()
+    late, ok, also_late = await asyncio.gather(
+        batcher.submit([image(1)], deadline=later(0.3)),  # cannot be answered in 0.3 s
+        batcher.submit([image(2)], deadline=later(30.0)),
+        batcher.submit([image(3)], deadline=later(0.3)),
+        return_exceptions=True,
+    )
+    await batcher.close()
+    assert isinstance(late, DeadlineExceeded) and isinstance(also_late, DeadlineExceeded)
+    assert ok[0].probabilities[0] == 2  # type: ignore[index]
+    assert batcher.stats.expired == 2
+
+
+async def test_batches_in_flight_at_once_are_all_answered() -> None:
+    backend = RecordingBackend(gate=asyncio.Event())
+    batcher = MicroBatcher(backend, MANIFEST, max_batch_size=1, max_wait_ms=0,
+                           max_queue_images=64, max_inflight_batches=2)  # fmt: skip
+    await batcher.start()
+    tasks = [asyncio.create_task(batcher.submit([image(v)], deadline=later())) for v in (1, 2)]
+    while len(backend.calls) < 2:  # both calls are at the backend together
+        await asyncio.sleep(0.001)
+    backend.gate.set()  # type: ignore[union-attr]
+    assert [(await t)[0].probabilities[0] for t in tasks] == [1, 2]
+    await batcher.close()
+
+
+async def test_a_long_running_batcher_keeps_no_finished_batches() -> None:
+    backend = RecordingBackend()
+    batcher = make(backend, max_batch_size=1, max_wait_ms=0)
+    await batcher.start()
+    for v in range(200):
+        await batcher.submit([image(v % 250)], deadline=later())
+    gc.collect()
+    finished = sum(isinstance(o, asyncio.Task) and o.done() for o in gc.get_objects())
+    await batcher.close()
+    assert finished < 50, f"{finished} finished tasks still referenced after 200 batches"
 
 
 async def test_rejects_images_of_the_wrong_shape() -> None:

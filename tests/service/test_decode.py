@@ -21,6 +21,7 @@ from service.decode import DecodeLimits, configure_pillow, decode_batch, decode_
 from service.errors import (
     EmptyImage,
     GatewayError,
+    ImageTooComplex,
     ImageTooLarge,
     NotAnImage,
     TruncatedImage,
@@ -145,8 +146,32 @@ def _gif_with_size(w: int, h: int) -> bytes:
     return bytes(data)
 
 
+def _bmp_with_width(w: int, *, top_down: bool = False) -> bytes:
+    """A 4x4 BMP (40-byte info header) declaring width `w`; height -4 when top-down."""
+    data = bytearray(encode(Image.new("RGB", (4, 4)), "BMP"))
+    data[18:26] = struct.pack("<ii", w, -4 if top_down else 4)
+    return bytes(data)
+
+
+def _os2_bmp_with_width(w: int) -> bytes:
+    """An OS/2 1.x BMP (12-byte core header, 16-bit sizes) declaring `w` x 4, 24-bit pixels."""
+    pixels = b"\0" * (((3 * max(w, 1) + 3) // 4) * 4 * 4)
+    core = struct.pack("<IHHHH", 12, w, 4, 1, 24)
+    head = b"BM" + struct.pack("<IHHI", 14 + len(core) + len(pixels), 0, 0, 14 + len(core))
+    return head + core + pixels
+
+
+def _jpeg_dht_first_with_size(w: int, h: int) -> bytes:
+    """A zero-size JPEG whose first segment is a DHT (0xC4, not a frame) before the SOF."""
+    data = _jpeg_with_size(w, h)
+    dht = data.find(b"\xff\xc4")
+    length = struct.unpack(">H", data[dht + 2 : dht + 4])[0]
+    return data[:2] + data[dht : dht + 2 + length] + data[2:]
+
+
 _JPEG = encode(photo(64, 48), "JPEG", quality=90)
 _PNG = encode(photo(64, 48), "PNG")
+_ZERO_JPEG = _jpeg_with_size(16, 0)
 
 REFUSALS = [
     ("empty", b"", EmptyImage, "0 bytes"),
@@ -156,6 +181,26 @@ REFUSALS = [
     ("zero-width-png", _png_with_size(0, 4), ZeroSizedImage, "PNG header declares 0x4"),
     ("zero-height-jpeg", _jpeg_with_size(16, 0), ZeroSizedImage, "JPEG header declares 16x0"),
     ("zero-gif", _gif_with_size(0, 0), ZeroSizedImage, "declares 0x0"),
+    ("zero-width-bmp", _bmp_with_width(0), ZeroSizedImage, "BMP header declares 0x4"),
+    (
+        "zero-width-bmp-top-down",
+        _bmp_with_width(0, top_down=True),
+        ZeroSizedImage,
+        "BMP header declares 0x4",
+    ),
+    ("zero-width-os2-bmp", _os2_bmp_with_width(0), ZeroSizedImage, "BMP header declares 0x4"),
+    (
+        "zero-jpeg-dht-first",
+        _jpeg_dht_first_with_size(16, 0),
+        ZeroSizedImage,
+        "JPEG header declares 16x0",
+    ),
+    (  # cut right after the frame's size: the header walk still reads it
+        "zero-jpeg-cut-after-sof",
+        _ZERO_JPEG[: _ZERO_JPEG.find(b"\xff\xc0") + 9],
+        ZeroSizedImage,
+        "JPEG header declares 16x0",
+    ),
     ("tiff", encode(Image.new("RGB", (8, 8)), "TIFF"), UnsupportedFormat, "TIFF"),
     ("ico", encode(Image.new("RGB", (16, 16)), "ICO"), UnsupportedFormat, "ICO"),
     ("huge-png", _png_with_size(30000, 30000), ImageTooLarge, "30000x30000 = 900000000"),
@@ -342,14 +387,16 @@ def test_every_exif_orientation_is_applied(fmt: str, orientation: int) -> None:
     assert np.abs(centres - expected).max() < 40, f"orientation {orientation}:\n{centres}"
 
 
-def test_exif_orientation_can_be_ignored() -> None:
-    data = with_exif_orientation(_asymmetric(64, 32), "PNG", 6)
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])  # JPEG reads EXIF before decoding, PNG after
+def test_exif_orientation_can_be_ignored(fmt: str) -> None:
+    data = with_exif_orientation(_asymmetric(64, 32), fmt, 6)
     out = decode(
         data,
         spec=InputSpec(height=16, width=32),
         pre=Preprocessing(resize="stretch", apply_exif_orientation=False),
     )
-    assert tuple(out[1, 1]) == GREEN and tuple(out[-2, -2]) == BLUE
+    assert np.abs(out[1, 1].astype(int) - GREEN).max() < 40
+    assert np.abs(out[-2, -2].astype(int) - BLUE).max() < 40
 
 
 # ---------------------------------------------------------------- geometry and draft
@@ -427,10 +474,59 @@ def test_threads_give_the_same_result_as_serial(big_jpeg: bytes) -> None:
 
 
 def test_limits_from_settings() -> None:
-    s = Settings(max_image_pixels=1234, allowed_formats=("jpeg", "PNG"))
-    assert DecodeLimits.from_settings(s) == DecodeLimits(1234, ("JPEG", "PNG"))
+    s = Settings(max_image_pixels=1234, allowed_formats=("jpeg", "PNG"), max_jpeg_scans=17)
+    assert DecodeLimits.from_settings(s) == DecodeLimits(1234, ("JPEG", "PNG"), max_jpeg_scans=17)
     with pytest.raises(ValueError, match="max_image_pixels=0"):
         DecodeLimits(0, ("JPEG",))
+    assert DecodeLimits(1, ("PNG",)).max_image_pixels == 1  # the smallest limit is a limit
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 5), (5, 1)])
+def test_one_pixel_wide_images_are_images(size: tuple[int, int]) -> None:
+    out = decode(encode(Image.new("RGB", size, RED), "PNG"))
+    assert np.abs(out.astype(int) - np.array(RED)).max() <= 1
+
+
+def test_the_jpeg_scan_limit_is_applied_on_decode() -> None:
+    from tests.service.jpeg_bombs import many_scans
+
+    data = many_scans(30, size=64)  # 10 + 30 = 40 scans
+    allowed = LIMITS.allowed_formats
+    assert decode(data, max_image_pixels=10_000, allowed_formats=allowed, max_jpeg_scans=40).shape
+    with pytest.raises(ImageTooComplex, match="more than 39 scans"):
+        decode(data, max_image_pixels=10_000, allowed_formats=allowed, max_jpeg_scans=39)
+
+
+def test_nearest_interpolation_adds_no_new_colours() -> None:
+    """The manifest's interpolation is the one used: nearest keeps a checkerboard's two colours."""
+    board = np.indices((64, 64)).sum(axis=0) % 2 * 255
+    data = encode(Image.fromarray(np.stack([board] * 3, -1).astype(np.uint8)), "PNG")
+    out = decode(data, spec=InputSpec(height=24, width=24), pre=Preprocessing(
+        resize="stretch", interpolation="nearest"))  # fmt: skip
+    assert set(np.unique(out)) <= {0, 255}
+    blended = decode(data, spec=InputSpec(height=24, width=24), pre=STRETCH)
+    assert not set(np.unique(blended)) <= {0, 255}  # the default (bilinear) does blend
+
+
+@pytest.mark.parametrize(
+    ("stored", "draft"),
+    [
+        ((40, 30), 1),  # 1.25x the 32 x 24 target: no room to draft
+        ((64, 48), 2),  # exactly 2x: a 1/2 draft still leaves the target's pixels
+        ((96, 72), 2),  # 3x: not 4
+        ((128, 96), 4),
+        ((256, 192), 8),
+        ((4000, 3000), 8),  # 1/8 is libjpeg's largest DCT scaling
+        ((64, 960), 2),  # the narrow side decides: width
+        ((1280, 48), 2),  # the narrow side decides: height
+    ],
+)
+def test_jpeg_draft_scale_keeps_at_least_the_target_pixels(
+    stored: tuple[int, int], draft: int
+) -> None:
+    from service.decode import _plan
+
+    assert _plan(stored, 1, SPEC, STRETCH).draft_scale == draft
 
 
 # ---------------------------------------------------------------- fuzz

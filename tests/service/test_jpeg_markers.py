@@ -138,3 +138,30 @@ def test_one_request_cannot_hold_every_decode_worker(tmp_path: Path) -> None:
                            files={"image": ("a.png", pixel(3), "image/png")})  # fmt: skip
         assert light.status_code == 200, light.text
         assert heavy.result().status_code == 504  # its own budget, not everyone's
+
+
+def test_a_decode_that_outlasts_the_budget_is_504_at_the_budget(tmp_path: Path) -> None:
+    """A costly image (here: 900 extra scans over 16 MP, seconds of CPU) with a 0.5 s budget:
+    the client gets 504 when its budget runs out, naming the decode, not when the decode
+    ends; nothing reaches the model, and the next request is served."""
+    costly = many_scans(900, size=4096)
+    double = DoubleBackend()
+    settings = gateway_settings(
+        tmp_path, max_upload_bytes=8 << 20, max_image_pixels=20_000_000, decode_workers=2,
+        max_jpeg_scans=1000, request_timeout_s=0.5, max_wait_ms=1.0,
+    )  # fmt: skip
+    with serving(create_app(settings, backend=double)) as live:
+        t0 = time.monotonic()
+        reply = _post_jpegs(live.url, [costly], timeout_s=30)
+        waited_s = time.monotonic() - t0
+        body = reply.json()
+        assert reply.status_code == 504, reply.text
+        assert body["error"] == "deadline_exceeded"
+        assert body["detail"].startswith(
+            "request budget of 0.5 s ran out while decoding 1 image(s)"
+        ), body
+        assert waited_s < 2.5, waited_s  # the budget, not the decode (seconds) ended it
+        assert double.calls == 0
+        after = httpx.post(f"{live.url}/v1/classify", timeout=10,
+                           files={"image": ("a.png", pixel(3), "image/png")})  # fmt: skip
+        assert after.status_code == 200, after.text

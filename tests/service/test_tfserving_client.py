@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,10 @@ import grpc
 import numpy as np
 import pytest
 
-from contract import tfs_protos, wire
-from contract.manifest import MANIFEST_RELPATH
-from service.backends.tfserving import TFServingBackend, probabilities
+from contract import tfs_grpc, tfs_protos, wire
+from contract.manifest import MANIFEST_RELPATH, read_manifest
+from contract.signatures import OUTPUT_PROBABILITIES, SIGNATURE_MANIFEST
+from service.backends.tfserving import TFS_NO_SIGNATURE, TFServingBackend, probabilities
 from service.breaker import CircuitBreaker, State
 from service.errors import (
     BackendError,
@@ -28,9 +29,16 @@ from service.errors import (
     DeadlineExceeded,
     NotReady,
     QueueFull,
+    VersionGone,
 )
 from testdoubles.standin import Fault, ServerOptions, StandIn
 from testdoubles.tfs_batching import BatchingOptions
+from tests.service.versions import (
+    export_serving_a_wrong_contract,
+    export_version,
+    export_without_manifest_signature,
+)
+from tests.testdoubles.standin_support import write_config
 
 
 def _batching(exported_model: Any, **changes: Any) -> ServerOptions:
@@ -51,8 +59,8 @@ def standin(exported_model: Any) -> Iterator[StandIn]:
 def _client(exported_model: Any, address: str, **kwargs: Any) -> TFServingBackend:
     options: dict[str, Any] = {
         "address": address,
-        "model_name": exported_model.name,
-        "model_base": exported_model.model_base,
+        "model_name": "tiny",
+        "model_base": exported_model.model_base if exported_model else Path("unused"),
         "connect_timeout_s": 2.0,
         "startup_timeout_s": 5.0,
         "ready_cache_s": 0.0,
@@ -190,17 +198,46 @@ async def test_wrong_model_name_fails_start(exported_model: Any, standin: StandI
         await backend.start()
 
 
-async def test_manifest_mismatch_fails_start(
+async def test_served_contract_that_does_not_match_the_signature_fails_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    export_serving_a_wrong_contract(tmp_path, 1, seed=0, monkeypatch=monkeypatch)
+    with StandIn(tmp_path, "tiny") as server:
+        backend = _client(None, server.address, model_base=tmp_path)
+        with pytest.raises(BackendStartupError, match=r"expected uint8\[\?,16,8,3\]"):
+            await backend.start()
+
+
+async def test_the_contract_comes_over_grpc_without_the_model_files(
     exported_model: Any, standin: StandIn, tmp_path: Path
 ) -> None:
-    shutil.copytree(exported_model.model_base, tmp_path, dirs_exist_ok=True)
-    manifest = tmp_path / "tiny" / "1" / MANIFEST_RELPATH
-    raw = json.loads(manifest.read_text())
-    raw["input"]["height"] = 16
-    manifest.write_text(json.dumps(raw))
+    """No model volume: `model_base` is an empty folder, the manifest comes from
+    `serving_manifest` and equals the file the export wrote."""
     backend = _client(exported_model, standin.address, model_base=tmp_path)
-    with pytest.raises(BackendStartupError, match=r"expected uint8\[\?,16,8,3\]"):
+    await backend.start()
+    try:
+        disk = read_manifest(exported_model.model_base / "tiny" / "1")
+        assert await backend.contract("tiny", 1) == disk
+        assert (await backend.predict(_images(2), timeout_s=10, version=1)).shape == (2, 3)
+    finally:
+        await backend.close()
+
+
+async def test_an_export_without_the_manifest_signature_reads_the_disk(tmp_path: Path) -> None:
+    """Older exports: the contract from `<model_base>/<name>/<version>`; without the files,
+    the error says both where it looked."""
+    base = tmp_path / "models"
+    export_without_manifest_signature(base, 1, seed=0)
+    with StandIn(base, "tiny") as server:
+        backend = _client(None, server.address, model_base=base)
         await backend.start()
+        try:
+            assert (await backend.contract("tiny", 1)).model_version == 1
+        finally:
+            await backend.close()
+        blind = _client(None, server.address, model_base=tmp_path / "nowhere")
+        with pytest.raises(BackendStartupError, match=r"no manifest at .*nowhere/tiny/1"):
+            await blind.start()
 
 
 async def test_deadline_shorter_than_the_call(exported_model: Any, standin: StandIn) -> None:
@@ -238,19 +275,44 @@ async def test_server_stop_and_restart(exported_model: Any, standin: StandIn) ->
         await backend.close()
 
 
-async def test_version_gone_is_a_backend_error(
-    exported_model: Any, standin: StandIn, tmp_path: Path
-) -> None:
-    """The pinned version unloaded behind our back: NOT_FOUND -> BackendError with its message."""
+async def test_a_version_gone_is_version_gone(exported_model: Any, standin: StandIn) -> None:
+    """A version TF Serving does not serve (any more): NOT_FOUND `Servable not found for
+    request: Specific(tiny, 9)` -> VersionGone (503), which the gateway retries elsewhere."""
     backend = _client(exported_model, standin.address)
     await backend.start()
-    backend._version = 9  # as if TF Serving had moved on from the version we checked
     try:
-        with pytest.raises(BackendError, match=r"NOT_FOUND.*Servable not found"):
-            await backend.predict(_images(1), timeout_s=5)
-        assert not await backend.ready()
+        with pytest.raises(
+            VersionGone, match=r"Servable not found for request: Specific\(tiny, 9\)"
+        ):
+            await backend.predict(_images(1), timeout_s=5, version=9)
+        assert await backend.ready()  # the model itself still serves
     finally:
         await backend.close()
+
+
+async def test_versions_report_states_and_labels(tmp_path: Path) -> None:
+    """GetModelStatus for the states, GetModelMetadata by label for what each label names;
+    a label that is not set is simply absent."""
+    base = tmp_path / "models"
+    export_version(base, 1, seed=0)
+    export_version(base, 2, seed=1)
+    config = write_config(
+        tmp_path / "models.config", {"tiny": base / "tiny"}, labels={"tiny": {"stable": 1}},
+        policies={"tiny": "specific { versions: 1 versions: 2 }"},
+    )  # fmt: skip
+    # Labels at the first load need this flag (server_core.cc, UpdateModelVersionLabelMap).
+    options = ServerOptions(allow_version_labels_for_unavailable_models=True)
+    with StandIn(model_config_file=config, options=options) as server:
+        assert server.wait_for_state("tiny", 1, "AVAILABLE", 30)  # the first model waits for one
+        backend = _client(None, server.address, model_base=base)
+        await backend.start()
+        try:
+            view = await backend.versions("tiny", ("stable", "canary"))
+            assert view.states == {1: "AVAILABLE", 2: "AVAILABLE"} and view.available == [1, 2]
+            assert view.labels == {"stable": 1}
+            assert (await backend.versions("nosuch")).states == {}
+        finally:
+            await backend.close()
 
 
 def _rpc_error(code: grpc.StatusCode, details: str = "boom") -> grpc.aio.AioRpcError:
@@ -302,9 +364,10 @@ async def test_queue_full_is_overload_not_an_outage() -> None:
         calls.append(left)
         raise _rpc_error(grpc.StatusCode.UNAVAILABLE, details)
 
-    with pytest.raises(QueueFull, match="overloaded"):
+    with pytest.raises(QueueFull, match="overloaded") as info:
         await backend._call("Predict", rpc, timeout_s=0.5)
     assert len(calls) == 1 and backend.breaker.state is State.CLOSED
+    assert info.value.retry_after_s == 1  # Retry-After, as for every 503
 
 
 def _half_open(backend: TFServingBackend) -> None:
@@ -340,9 +403,305 @@ async def test_a_probe_that_gets_no_answer_does_not_keep_the_circuit_open(
     else:
         with pytest.raises(DeadlineExceeded):
             await probe
+    assert backend.breaker.state is State.HALF_OPEN  # no verdict: neither closed nor re-opened
 
     async def answer(left: float) -> str:
         return "ok"
 
     assert await backend._call("GetModelStatus", answer, timeout_s=5) == "ok"  # not CircuitOpen
     assert backend.breaker.state.value == "closed"
+
+
+# ---------------------------------------------------------------- settings, channel, readiness
+
+
+async def test_from_settings_uses_every_setting(exported_model: Any, standin: StandIn) -> None:
+    from service.settings import Settings
+
+    settings = Settings(
+        backend="tfserving", tfserving_address=standin.address, model_name=exported_model.name,
+        model_base_path=exported_model.model_base, model_version=1, retry_after_s=4,
+        breaker_failure_threshold=7, breaker_reset_s=3.5, backend_connect_timeout_s=2.0,
+        startup_timeout_s=5.0,
+    )  # fmt: skip
+    backend = TFServingBackend.from_settings(settings)
+    assert (backend.breaker.failure_threshold, backend.breaker.reset_s) == (7, 3.5)
+    await backend.start()
+    try:
+        assert backend.manifest.model_name == exported_model.name
+        assert backend.manifest.model_version == 1
+        assert (await backend.predict(_images(2), timeout_s=5)).shape == (2, 3)
+        standin.stop()
+        with pytest.raises(BackendUnavailable) as info:
+            await asyncio.wait_for(backend.predict(_images(1), timeout_s=0.5), timeout=5)
+        assert info.value.retry_after_s == 4
+    finally:
+        standin.start()
+        await backend.close()
+
+
+async def test_the_channel_carries_the_largest_bucket(
+    exported_model: Any, standin: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gRPC ignores option names it does not know: a misspelt one would leave the 4 MB default
+    message limit, which a 64 x 224 x 224 x 3 bucket (9.6 MB) exceeds. Every option is one of
+    gRPC's own names, and the limits cover the model's largest request and reply."""
+    seen: list[dict[str, Any]] = []
+    real = grpc.aio.insecure_channel
+
+    def recording(address: str, options: Any = None, **kw: Any) -> Any:
+        seen.append(dict(options or ()))
+        return real(address, options=options, **kw)
+
+    monkeypatch.setattr(grpc.aio, "insecure_channel", recording)
+    backend = _client(exported_model, standin.address, keepalive_time_s=30.0,
+                      keepalive_timeout_s=10.0)  # fmt: skip
+    await backend.start()
+    m = backend.manifest
+    await backend.close()
+    options = seen[-1]  # re-opened for this model after start
+    known = {
+        "grpc.max_send_message_length", "grpc.max_receive_message_length",
+        "grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms",
+        "grpc.keepalive_permit_without_calls", "grpc.http2.max_pings_without_data",
+        "grpc.enable_retries", "grpc.initial_reconnect_backoff_ms",
+        "grpc.min_reconnect_backoff_ms", "grpc.max_reconnect_backoff_ms",
+    }  # fmt: skip
+    assert set(options) == known
+    assert options["grpc.max_send_message_length"] >= m.max_batch * 8 * 8 * 3
+    assert options["grpc.max_receive_message_length"] >= 4 << 20  # never below gRPC's default
+    assert (options["grpc.keepalive_time_ms"], options["grpc.keepalive_timeout_ms"]) == (
+        30_000,
+        10_000,
+    )
+    assert options["grpc.enable_retries"] == 0  # we retry, within the request's budget
+    assert options["grpc.max_reconnect_backoff_ms"] <= 1000
+
+
+async def test_ready_is_false_while_the_circuit_is_open_and_after_close(
+    exported_model: Any, standin: StandIn
+) -> None:
+    backend = _client(exported_model, standin.address)
+    await backend.start()
+    try:
+        assert await backend.ready()
+        for _ in range(backend.breaker.failure_threshold):
+            backend.breaker.record_failure()
+        assert await backend.ready() is False  # known down: no need to ask
+        backend.breaker.record_success()
+        assert await backend.ready() is True
+    finally:
+        await backend.close()
+    assert await backend.ready() is False
+
+
+async def test_ready_answers_from_its_cache_between_checks(
+    exported_model: Any, standin: StandIn
+) -> None:
+    backend = _client(exported_model, standin.address, ready_cache_s=60.0)
+    await backend.start()
+    try:
+        assert await backend.ready()
+        standin.stop()
+        assert await backend.ready()  # within ready_cache_s: the last answer, no RPC
+    finally:
+        standin.start()
+        await backend.close()
+
+
+class ScriptedTFServing:
+    """A gRPC server speaking TF Serving's API with scripted answers: version 1 AVAILABLE, the
+    stand-in's own metadata (or none, ever), no serving_manifest signature (an older export,
+    so the manifest comes from disk) and Predict replies built by `predict`."""
+
+    def __init__(
+        self,
+        metadata: Any,
+        predict: Callable[[Any], Any] | None = None,
+        *,
+        loading_polls: int = 0,
+        status_hangs: bool = False,
+    ) -> None:
+        self.metadata, self.predict = metadata, predict
+        self.loading_polls, self.status_hangs = loading_polls, status_hangs
+        self.server = grpc.aio.server()
+
+    async def _status(self, request: Any, context: Any) -> Any:
+        if self.status_hangs:
+            await asyncio.sleep(60)
+        reply = tfs_protos.GetModelStatusResponse()
+        state = tfs_protos.ModelVersionState
+        loading = self.loading_polls > 0
+        self.loading_polls -= 1
+        reply.model_version_status.add(
+            version=1, state=state.LOADING if loading else state.AVAILABLE
+        )
+        return reply
+
+    async def _metadata(self, request: Any, context: Any) -> Any:
+        if self.metadata is None:
+            await asyncio.sleep(60)  # a server that never answers
+        return self.metadata
+
+    async def _predict(self, request: Any, context: Any) -> Any:
+        if request.model_spec.signature_name == SIGNATURE_MANIFEST:
+            # An export from before serving_manifest: the backend reads the manifest on disk.
+            message = TFS_NO_SIGNATURE.format(SIGNATURE_MANIFEST)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
+        assert self.predict is not None
+        reply = self.predict(request)
+        if not reply.HasField("model_spec"):  # TF Serving names the version that answered
+            reply.model_spec.name = request.model_spec.name
+            reply.model_spec.version.value = 1
+        return reply
+
+    async def __aenter__(self) -> str:
+        def handler(method: tfs_grpc.Method, fn: Any) -> Any:
+            return grpc.unary_unary_rpc_method_handler(
+                fn,
+                request_deserializer=method.request.FromString,
+                response_serializer=method.response.SerializeToString,
+            )
+
+        by_service: dict[str, dict[str, Any]] = {}
+        for method, fn in ((tfs_grpc.GET_MODEL_STATUS, self._status),
+                           (tfs_grpc.GET_MODEL_METADATA, self._metadata),
+                           (tfs_grpc.PREDICT, self._predict)):  # fmt: skip
+            service, name = method.path.strip("/").split("/")
+            by_service.setdefault(service, {})[name] = handler(method, fn)
+        self.server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(s, h) for s, h in by_service.items()]
+        )
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        await self.server.start()
+        return f"127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.server.stop(grace=None)
+
+
+async def _real_metadata(exported_model: Any, standin: StandIn) -> Any:
+    async with grpc.aio.insecure_channel(standin.address) as channel:
+        request = tfs_protos.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = exported_model.name
+        return await tfs_grpc.prediction_service(channel).GetModelMetadata(request, timeout=10)
+
+
+async def test_start_is_bounded_when_the_metadata_never_comes(exported_model: Any) -> None:
+    """Every RPC has a deadline: a server that never answers GetModelMetadata fails start
+    within connect_timeout_s, it does not hang the gateway's start-up."""
+    async with ScriptedTFServing(metadata=None) as address:
+        backend = _client(exported_model, address, connect_timeout_s=0.5)
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(DeadlineExceeded, match="GetModelMetadata"):
+            await asyncio.wait_for(backend.start(), 10)
+        assert asyncio.get_running_loop().time() - t0 < 5
+
+
+@pytest.mark.parametrize(
+    ("reply_rows", "output", "match"),
+    [
+        (1, OUTPUT_PROBABILITIES, r"must have shape \(2, 3\)"),  # one row for two images
+        (2, "logits", r"Predict reply has no 'probabilities'\. Received: \['logits'\]"),
+    ],
+    ids=["too-few-rows", "no-probabilities"],
+)
+async def test_a_reply_that_does_not_answer_the_request_is_a_backend_error(
+    exported_model: Any, standin: StandIn, reply_rows: int, output: str, match: str
+) -> None:
+    def predict(request: Any) -> Any:
+        reply = tfs_protos.PredictResponse()
+        reply.outputs[output].CopyFrom(_float_reply([1 / 3] * (3 * reply_rows), (reply_rows, 3)))
+        return reply
+
+    metadata = await _real_metadata(exported_model, standin)
+    async with ScriptedTFServing(metadata, predict) as address:
+        backend = _client(exported_model, address)
+        await backend.start()
+        try:
+            with pytest.raises(BackendError, match=match):
+                await backend.predict(_images(2), timeout_s=5)
+        finally:
+            await backend.close()
+
+
+async def test_a_backend_can_be_started_again_after_close(
+    exported_model: Any, standin: StandIn
+) -> None:
+    backend = _client(exported_model, standin.address)
+    await backend.close()  # closing what never started is a no-op
+    with pytest.raises(NotReady):
+        _ = backend.manifest
+    await backend.start()
+    await backend.close()
+    await backend.start()  # re-opens the channel it closed
+    try:
+        assert (await backend.predict(_images(1), timeout_s=5)).shape == (1, 3)
+    finally:
+        await backend.close()
+
+
+def _as_big_model(metadata: Any, model_base: Path, exported_model: Any, side: int) -> Any:
+    """The stand-in's metadata and the export's manifest, both saying `side` x `side` input
+    and buckets up to 64: what a ResNet at 224 looks like to the backend's start()."""
+    sig_map = tfs_protos.SignatureDefMap()
+    metadata.metadata["signature_def"].Unpack(sig_map)
+    for sig in sig_map.signature_def.values():
+        for info in sig.inputs.values():
+            if len(info.tensor_shape.dim) == 4:
+                info.tensor_shape.dim[1].size = info.tensor_shape.dim[2].size = side
+    metadata.metadata["signature_def"].Pack(sig_map)
+    shutil.copytree(exported_model.model_base, model_base, dirs_exist_ok=True)
+    path = model_base / exported_model.name / "1" / MANIFEST_RELPATH
+    raw = json.loads(path.read_text())
+    raw["input"]["height"] = raw["input"]["width"] = side
+    raw["batch_buckets"] = [1, 8, 64]
+    path.write_text(json.dumps(raw))
+    return metadata
+
+
+async def test_the_channel_is_sized_for_a_large_model(
+    exported_model: Any, standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """64 x 224 x 224 x 3 uint8 is 9.6 MB, past gRPC's 4 MB default: the channel re-opened
+    after start must take it."""
+    metadata = _as_big_model(
+        await _real_metadata(exported_model, standin), tmp_path, exported_model, 224
+    )
+    seen: list[dict[str, Any]] = []
+    real = grpc.aio.insecure_channel
+
+    def recording(address: str, options: Any = None, **kw: Any) -> Any:
+        seen.append(dict(options or ()))
+        return real(address, options=options, **kw)
+
+    monkeypatch.setattr(grpc.aio, "insecure_channel", recording)
+    async with ScriptedTFServing(metadata) as address:
+        backend = _client(exported_model, address, model_base=tmp_path)
+        await backend.start()
+        await backend.close()
+    request = 64 * 224 * 224 * 3
+    assert seen[-1]["grpc.max_send_message_length"] >= request
+    assert seen[-1]["grpc.max_receive_message_length"] >= request
+    assert seen[-1]["grpc.max_send_message_length"] < 2 * request  # sized, not unlimited
+
+
+async def test_start_waits_for_the_model_to_become_available(
+    exported_model: Any, standin: StandIn
+) -> None:
+    """TF Serving answers GetModelStatus before the version is AVAILABLE (it is loading):
+    start() polls until it is, within startup_timeout_s."""
+    metadata = await _real_metadata(exported_model, standin)
+    async with ScriptedTFServing(metadata, loading_polls=2) as address:
+        backend = _client(exported_model, address, startup_timeout_s=10.0)
+        await asyncio.wait_for(backend.start(), 15)
+        await backend.close()
+
+
+async def test_start_is_bounded_when_the_status_never_comes(exported_model: Any) -> None:
+    async with ScriptedTFServing(metadata=None, status_hangs=True) as address:
+        backend = _client(exported_model, address, connect_timeout_s=0.3, startup_timeout_s=1.0)
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(BackendStartupError, match="not AVAILABLE"):
+            await asyncio.wait_for(backend.start(), 10)
+        assert asyncio.get_running_loop().time() - t0 < 5

@@ -304,5 +304,7 @@ def test_warmup_runs_before_available_and_counts_as_warm(exported_model: Any) ->
     with StandIn(exported_model.model_base, "tiny") as server:
         [session] = server.sessions()
         assert {k.batch_size for k in session.warmed} == {1, 2, 4, 8}
-        assert {k.signature for k in session.warmed} == {"serving_default", "serving_bytes"}
-        assert len(session.warmed) == 12  # 3 client calls x 4 buckets
+        assert {k.signature for k in session.warmed} == {
+            "serving_default", "serving_bytes", "serving_manifest",
+        }  # fmt: skip
+        assert len(session.warmed) == 16  # 4 client calls x 4 buckets
