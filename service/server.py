@@ -17,8 +17,11 @@ and gRPC channel; TF Serving's batching merges their calls. A worker waits for i
 (up to `backend_connect_timeout_s`) before it takes connections, so a replacement joins ready
 rather than answering `not_ready` beside healthy siblings. Metrics go to prometheus_client's
 multiprocess files in `metrics_dir` (a temporary folder by default), so `/metrics` on any
-worker reports the sum over all (`service.metrics`). An embedded model that cannot load stops
-the whole gateway with its one `error:` line, as with one process.
+worker reports the sum over all (`service.metrics`). Run-time state set through one worker
+(the canary share of `/admin`, `service.traffic`) is shared through `shared_state_dir`, a
+folder in the same temporary place unless set. Both temporary folders are removed at exit. An
+embedded model that cannot load stops the whole gateway with its one `error:` line, as with
+one process.
 
 The listening socket is bound here, before uvicorn starts, so a busy port is one `error:`
 line (exit 2) rather than uvicorn's log and exit 3; and every process runs the gateway's
@@ -126,6 +129,10 @@ def _run_one(settings: Settings, sock: socket.socket) -> None:
 
 def _run_workers(settings: Settings, sock: socket.socket, workers: int) -> None:
     with _runtime_dir(settings) as (runtime, metrics_dir):
+        if settings.shared_state_dir is None:  # the canary share must be the same in every one
+            shared = runtime / "shared"
+            shared.mkdir()
+            settings = settings.model_copy(update={"shared_state_dir": shared})
         config = WorkerConfig(settings, runtime=runtime, workers=workers)
         with _environ(PROMETHEUS_DIR_ENV, str(metrics_dir)):  # inherited by each spawned worker
             supervisor = Multiprocess(config, sockets=[sock])

@@ -206,3 +206,36 @@ def test_sigterm_drains_every_worker_and_exits_zero(model_base: Path) -> None:
     assert replies == {i: 200 for i in range(n)}, replies
     assert took < 10 + 3, took
     assert "Traceback" not in proc.output, proc.output
+
+
+def test_the_canary_share_and_the_per_version_metrics_hold_across_workers(
+    model_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No shared_state_dir set: the supervisor gives its workers one (a temporary folder,
+    removed at exit), so a share set through one worker holds in all; and the per-version
+    metrics the rollout judges a canary on are summed over the workers as it reads them."""
+    from rollout.judge import scrape, window
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))  # the gateway's temporary folders go here
+    with gateway(model_base, admin_keys='["k3y"]') as (url, _):
+        put = httpx.put(
+            f"{url}/admin/models/{NAME}/canary",
+            json={"fraction": 0.25},
+            headers={"x-admin-key": "k3y"},
+            timeout=10,
+        )
+        assert put.status_code == 200 and put.json()["shared"] is True, put.text
+        assert list(tmp.glob(f"resnet-serving-*/shared/canary/{NAME}.json"))
+        for _ in range(12):  # new connections land on either worker: each must see it
+            with httpx.Client(timeout=10) as client:
+                (listed,) = client.get(f"{url}/v1/models").json()["models"]
+            assert listed["canary"]["fraction"] == 0.25, listed
+        before = scrape([httpx.get(f"{url}/metrics", timeout=5).text])
+        assert Counter(classify(url).status_code for _ in range(30)) == {200: 30}
+        after = scrape([httpx.get(f"{url}/metrics", timeout=5).text])
+        stats = window(before, after, NAME, 1)
+        assert (stats.ok, stats.errors) == (30, 0), stats
+        assert stats.p99_s is not None and 0 < stats.p99_s < 10, stats
+    assert not list(tmp.iterdir()), "the supervisor's temporary folders outlived it"
