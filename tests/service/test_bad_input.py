@@ -168,9 +168,9 @@ def test_input_size_is_the_models(
     seen: list[np.ndarray] = []
     predict = backend.predict
 
-    async def recording(images: np.ndarray, *, timeout_s: float) -> np.ndarray:
+    async def recording(images: np.ndarray, *, timeout_s: float, **pinned: Any) -> np.ndarray:
         seen.append(images.copy())
-        return await predict(images, timeout_s=timeout_s)
+        return await predict(images, timeout_s=timeout_s, **pinned)
 
     monkeypatch.setattr(backend, "predict", recording)
     halves = np.zeros((480, 640, 3), np.uint8)
