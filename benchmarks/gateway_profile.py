@@ -11,7 +11,7 @@ sample is put in the stage of its innermost frame that belongs to one:
     HTTP server     uvicorn, httptools, service.connections
     framework       FastAPI, Starlette (routing, requests, responses, their middleware)
     our middleware  service.middleware
-    route+batcher   service.routes, batcher, admission, schemas, state
+    route+batcher   service.routes, models, traffic, batcher, admission, schemas, state
     metrics         prometheus_client
     asyncio         asyncio's Python parts (tasks, timeouts, futures)
     threads         the decode pool's hand-offs (concurrent.futures, threading, queue)
@@ -58,6 +58,8 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
         "route+batcher",
         (
             "service/routes.py",
+            "service/models.py",
+            "service/traffic.py",
             "service/batcher.py",
             "service/admission.py",
             "service/schemas.py",
