@@ -1,41 +1,48 @@
-"""Our gateway (embedded backend, micro-batching) vs a naive tutorial gateway, same model, same load.
+"""Our gateway (embedded backend) against gateways that serve the same model the naive way.
 
 Builds `resnet_cifar` (32x32, 10 classes, random weights), exports it with `export_model`,
-then serves it twice, one after the other so they never share the CPU: our gateway
-(`resnet-serving serve --backend embedded`) and `benchmarks/naive_gateway.py`. Each gets
-`hey -c <clients> -z <seconds>` after a warmup, POSTing the same PNG as a raw body. Writes
-`benchmarks/results/gateway_e2e.md`.
+then serves it through each gateway in turn, one after the other so they never share the
+CPU, under the same load from our load tester (closed loop, after a warmup each), POSTing one
+451x300 JPEG photo as a raw body:
 
-    python -m benchmarks.gateway_e2e [--clients 32] [--seconds 20]
+    ours       `resnet-serving serve --backend embedded`: decode pool, micro-batching up to 32
+               (sent at once while the model is idle, batched while it is busy), XLA SavedModel
+    signature  `benchmarks/naive_gateway.py --mode signature`: a FastAPI handler that decodes
+               with Pillow and calls the same SavedModel's `serving_default` per request
+               (the strong peer: the same compiled graph, no batching)
+    keras      (`--keras`) the same handler calling Keras `model.predict` per request, the
+               slowest way Keras offers
+    bentoml    (`--bentoml-python PATH`, a Python with bentoml installed and our TensorFlow
+               importable) BentoML's adaptive batching (`batchable=True`) over the same
+               SavedModel signature: benchmarks/bento_service.py
+
+Two loads per gateway: one client (lone requests: the latency of an idle server) and
+`--clients` clients back to back (throughput). Writes `benchmarks/results/gateway_e2e.md`.
+
+    python -m benchmarks.gateway_e2e [--clients 32] [--seconds 15] [--keras]
+        [--bentoml-python PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
 import os
-import platform
 import shutil
-import socket
+import site
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import keras
-import numpy as np
-from PIL import Image
 
-from model_builder.artifacts import RunInfo
-from model_builder.export import export_model
-from model_builder.resnet import build_model
+from benchmarks import gateway_proc
+from benchmarks.gateway_proc import free_port, machine_line, now_utc
+from benchmarks.preprocess import make_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "gateway_e2e.md"
@@ -46,20 +53,21 @@ NAME, SIZE, CLASSES = "bench", 32, 10
 class Result:
     name: str
     rps: float
-    p50_ms: float
-    p99_ms: float
+    p50_ms: float | None  # None: no request succeeded
+    p99_ms: float | None
     ok: int
     errors: int
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    lone_p50_ms: float | None
+    lone_p99_ms: float | None
 
 
 def export(tmp: Path) -> tuple[Path, Path]:
-    """(model_base with the export, the .keras file the naive gateway loads)."""
+    """(the exported version folder, the .keras file)."""
+    import keras
+
+    from model_builder.artifacts import RunInfo
+    from model_builder.export import export_model
+    from model_builder.resnet import build_model
 
     keras.utils.set_random_seed(0)
     model = build_model("resnet_cifar", input_size=SIZE, num_classes=CLASSES)
@@ -75,7 +83,7 @@ def export(tmp: Path) -> tuple[Path, Path]:
     export_model(
         model, model_base=base, name=NAME, version=1, run_info=info, buckets=(1, 2, 4, 8, 16, 32)
     )
-    return base, keras_path
+    return base / NAME / "1", keras_path
 
 
 @contextlib.contextmanager
@@ -104,98 +112,143 @@ def server(cmd: list[str], ready_url: str, log: Path) -> Iterator[None]:
             proc.wait()
 
 
-def hey(url: str, body: Path, clients: int, seconds: int) -> str:
-    """hey's per-request CSV (hey's own summary skips p99 when it has few samples)."""
-    # -t 60: a per-request timeout far above any latency here, so slow answers are measured,
-    # not cut off and dropped from the percentiles.
-    cmd = ["hey", "-z", f"{seconds}s", "-c", str(clients), "-t", "60", "-m", "POST"]
-    cmd += ["-T", "image/png", "-D", str(body), "-o", "csv", url]
-    return subprocess.run(
-        cmd, capture_output=True, text=True, check=True, timeout=seconds + 120
-    ).stdout
+def load(url: str, images: Path, body: str, clients: int, seconds: float, warmup: float,
+         out: Path) -> tuple[float, float, float, int, int]:  # fmt: skip
+    """Our load tester, closed loop with `clients` back to back: (req/s, p50 ms, p99 ms, 200s,
+    failures). Latency percentiles are over the 200s; the 60 s timeout never cuts one short."""
+    result = gateway_proc.loadtest(
+        url, out, "--images", str(images), "--body", body, "--concurrency", str(clients),
+        "--duration", str(seconds), "--warmup", str(warmup), "--timeout", "60",
+        timeout_s=seconds + warmup + 300, path="",
+    )  # fmt: skip
+    step = result["steps"][0]
+    lat = step["latency_ms"]
+    return step["throughput_rps"], lat["p50_ms"], lat["p99_ms"], step["ok"], step["errors"]
 
 
-def parse(name: str, csv_text: str) -> Result:
-    """Throughput over the whole run (until the last answer), exact p50/p99, non-200 count."""
-    rows = list(csv.DictReader(io.StringIO(csv_text)))
-    latency = np.array([float(r["response-time"]) for r in rows])
-    ends = np.array([float(r["offset"]) + float(r["response-time"]) for r in rows])
-    ok = sum(r["status-code"] == "200" for r in rows)
-    return Result(
-        name=name,
-        rps=ok / float(ends.max()) if len(rows) else 0.0,
-        p50_ms=float(np.percentile(latency, 50)) * 1000,
-        p99_ms=float(np.percentile(latency, 99)) * 1000,
-        ok=ok,
-        errors=len(rows) - ok,
-    )
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    cmd: list[str]
+    ready: str
+    url: str
+    body: str  # how the load tester sends the image: raw, or multipart (field `image`)
 
 
-def run_one(name: str, cmd: list[str], ready: str, url: str, args: argparse.Namespace,
-            body: Path, logdir: Path) -> Result:  # fmt: skip
-    with server(cmd, ready, logdir / f"{name}.log"):
-        hey(url, body, args.clients, args.warmup)
-        text = hey(url, body, args.clients, args.seconds)
-    return parse(name, text)
+def run_one(peer: Peer, args: argparse.Namespace, images: Path, logdir: Path) -> Result:
+    with server(peer.cmd, peer.ready, logdir / f"{peer.name}.log"):
+        run = logdir / peer.name
+        _, lone_p50, lone_p99, _, _ = load(
+            peer.url, images, peer.body, 1, args.lone_seconds, args.warmup, run / "lone"
+        )
+        rps, p50, p99, ok, errors = load(
+            peer.url, images, peer.body, args.clients, args.seconds, args.warmup, run / "many"
+        )
+    result = Result(peer.name, rps, p50, p99, ok, errors, lone_p50, lone_p99)
+    print(result, flush=True)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--lone-seconds", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--keras", action="store_true", help="also the model.predict gateway")
+    parser.add_argument("--bentoml-python", help="a Python with bentoml (and TensorFlow)")
     args = parser.parse_args()
-    if shutil.which("hey") is None:
-        sys.exit("needs `hey` on PATH (apt-get install -y hey)")
     tmp = Path(tempfile.mkdtemp(prefix="gateway_e2e-"))
-    base, keras_path = export(tmp)
-    body = tmp / "image.png"
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(buf, format="PNG")
-    body.write_bytes(buf.getvalue())
+    version_dir, keras_path = export(tmp)
+    images = tmp / "images"
+    images.mkdir()
+    (images / "photo.jpg").write_bytes(make_photo(451, 300))
 
     py = sys.executable
-    ours_port, naive_port = free_port(), free_port()
-    ours_cmd = [py, "-m", "resnet_serving", "serve", "--backend", "embedded",
-                "--model-base", str(base), "--model-name", NAME, "--port", str(ours_port),
-                "--max-batch-size", "32", "--log-level", "warning"]  # fmt: skip
-    naive_cmd = [py, str(ROOT / "benchmarks" / "naive_gateway.py"), "--model", str(keras_path),
-                 "--size", str(SIZE), "--labels", str(CLASSES), "--port", str(naive_port)]  # fmt: skip
-    ours = run_one("ours", ours_cmd, f"http://127.0.0.1:{ours_port}/readyz",
-                   f"http://127.0.0.1:{ours_port}/v1/classify", args, body, tmp)  # fmt: skip
-    naive = run_one("naive", naive_cmd, f"http://127.0.0.1:{naive_port}/health",
-                    f"http://127.0.0.1:{naive_port}/predict", args, body, tmp)  # fmt: skip
-    write(ours, naive, args)
+    ours_port, naive_port, keras_port, bento_port = (free_port() for _ in range(4))
+    peers = [
+        Peer("ours", [py, "-m", "resnet_serving", "serve", "--backend", "embedded",
+                      "--model-base", str(version_dir.parents[1]), "--model-name", NAME,
+                      "--port", str(ours_port), "--max-batch-size", "32", "--log-level",
+                      "warning"],
+             f"http://127.0.0.1:{ours_port}/readyz", f"http://127.0.0.1:{ours_port}/v1/classify",
+             "raw"),
+        Peer("signature", [py, "-m", "benchmarks.naive_gateway", "--mode", "signature",
+                           "--model", str(version_dir), "--size", str(SIZE), "--labels",
+                           str(CLASSES), "--port", str(naive_port)],
+             f"http://127.0.0.1:{naive_port}/health", f"http://127.0.0.1:{naive_port}/predict",
+             "raw"),
+    ]  # fmt: skip
+    if args.keras:
+        peers.append(Peer(
+            "keras", [py, "-m", "benchmarks.naive_gateway", "--mode", "keras", "--model",
+                      str(keras_path), "--size", str(SIZE), "--labels", str(CLASSES), "--port",
+                      str(keras_port)],
+            f"http://127.0.0.1:{keras_port}/health", f"http://127.0.0.1:{keras_port}/predict",
+            "raw",
+        ))  # fmt: skip
+    if args.bentoml_python:
+        peers.append(Peer(
+            "bentoml", [args.bentoml_python, str(ROOT / "benchmarks" / "bento_service.py"),
+                        "--model", str(version_dir), "--size", str(SIZE), "--port",
+                        str(bento_port), "--site-packages", site.getsitepackages()[0]],
+            f"http://127.0.0.1:{bento_port}/readyz", f"http://127.0.0.1:{bento_port}/classify",
+            "multipart",
+        ))  # fmt: skip
+    results = [run_one(peer, args, images, tmp) for peer in peers]
+    write(results, args)
     print(RESULTS.read_text())
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write(ours: Result, naive: Result, args: argparse.Namespace) -> None:
-    ratio = ours.rps / naive.rps if naive.rps else float("inf")
-    p99_ok = ours.p99_ms <= naive.p99_ms
+def _ms(value: float | None, fmt: str = ".1f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def write(results: list[Result], args: argparse.Namespace) -> None:
+    by = {r.name: r for r in results}
+    ours, peer = by["ours"], by["signature"]
+    ratio = ours.rps / peer.rps if peer.rps else float("inf")
     rows = "\n".join(
-        f"| {r.name} | {r.rps:.1f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.ok} | {r.errors} |"
-        for r in (ours, naive)
+        f"| {r.name} | {r.rps:.1f} | {_ms(r.p50_ms)} | {_ms(r.p99_ms)} | {r.ok} | {r.errors} | "
+        f"{_ms(r.lone_p50_ms, '.2f')} | {_ms(r.lone_p99_ms, '.2f')} |"
+        for r in results
     )
+    others = "; ".join(
+        f"ours / {r.name}: **{ours.rps / r.rps:.1f}x** throughput, lone p50 "
+        f"{_ms(ours.lone_p50_ms, '.2f')} vs {_ms(r.lone_p50_ms, '.2f')} ms"
+        for r in results
+        if r.name not in ("ours", "signature") and r.rps
+    )
+    cmd = f"python -m benchmarks.gateway_e2e --clients {args.clients} --seconds {args.seconds}"
+    cmd += " --keras" * args.keras + " --bentoml-python PATH" * bool(args.bentoml_python)
     RESULTS.write_text(
-        f"""# Gateway end to end: ours vs a naive tutorial gateway
+        f"""# Gateway end to end: ours against naive gateways over the same model
 
-- Date: {datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
-- Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}, Python {platform.python_version()}, CPU-only TensorFlow. **Shared** with other engineers running TensorFlow at the same time: absolute numbers are noisy; the two servers ran one after the other in the same run.
-- Model: `resnet_cifar` (ResNet-20), 32x32x3 -> {CLASSES} classes, random weights; same weights in both.
-- Load: `hey -c {args.clients} -z {args.seconds}s -t 60 -o csv` POSTing one 128x96 PNG as a raw body, after a {args.warmup} s warmup each; one uvicorn worker each.
-- Ours: `resnet-serving serve --backend embedded` (XLA SavedModel, micro-batching up to 32, buckets 1..32, decode in a thread pool).
-- Naive: `benchmarks/naive_gateway.py` (Keras `model.predict` per request inside the async handler, plain Pillow decode, no batching).
-- Command: `python -m benchmarks.gateway_e2e --clients {args.clients} --seconds {args.seconds}`
+- Date: {now_utc()}
+- Machine: {machine_line()}. The gateways ran one after the other in the same run.
+- Model: `resnet_cifar` (ResNet-20), 32x32x3 -> {CLASSES} classes, random weights, one export.
+- Input: one 451x300 photo-like JPEG (benchmarks.preprocess.make_photo, q90) per request, raw
+  body (multipart field `image` for BentoML, whose API takes a file).
+- Load: our load tester, closed loop: lone requests `--concurrency 1` for {args.lone_seconds} s, then
+  `--concurrency {args.clients}` for {args.seconds} s (timeout 60 s), each after a {args.warmup} s warmup;
+  one process per gateway.
+- ours: `resnet-serving serve --backend embedded` (decode pool, micro-batching up to 32, sent at
+  once while the model is idle). signature: `benchmarks/naive_gateway.py --mode signature`
+  (Pillow decode and the SavedModel's `serving_default` per request in the async handler).
+  keras: the same with Keras `model.predict`. bentoml: `benchmarks/bento_service.py`
+  (BentoML's adaptive batching over the same signature).
+- Command: `{cmd}`
 
-Throughput counts 200s until the last answer arrived; p50/p99 from every request's latency.
+Throughput: 200s per second of the measured window; p50/p99 over the 200s.
 
-| gateway | throughput (req/s) | p50 (ms) | p99 (ms) | 200 OK | errors |
-|---|---|---|---|---|---|
+| gateway | throughput (req/s) | p50 (ms) | p99 (ms) | 200 OK | errors | lone p50 (ms) | lone p99 (ms) |
+|---|---|---|---|---|---|---|---|
 {rows}
 
-Throughput ratio ours / naive: **{ratio:.1f}x** (target >= 5x); p99 ours {"<=" if p99_ok else ">"} naive.
+Ours / the SavedModel signature called per request: **{ratio:.1f}x** throughput, p99
+{_ms(ours.p99_ms, ".0f")} vs {_ms(peer.p99_ms, ".0f")} ms, lone-request p50 {_ms(ours.lone_p50_ms, ".2f")} vs
+{_ms(peer.lone_p50_ms, ".2f")} ms.{" " + others + "." if others else ""}
 """
     )
 

@@ -25,13 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import keras
 import numpy as np
 from PIL import Image
-
-from model_builder.artifacts import RunInfo
-from model_builder.export import export_model
-from model_builder.resnet import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "bench"
@@ -39,6 +34,12 @@ MODEL_NAME = "bench"
 
 def export_bench_model(base: Path, arch: str, size: int, classes: int = 10) -> Path:
     """`arch` at `size`x`size` with random weights, exported with buckets 1..32 under `base`."""
+    # TensorFlow only here: the gateway-only benchmarks (gateway_ceiling.py) run without it.
+    import keras
+
+    from model_builder.artifacts import RunInfo
+    from model_builder.export import export_model
+    from model_builder.resnet import build_model
 
     if (base / MODEL_NAME / "1" / "saved_model.pb").exists():
         return base
@@ -85,7 +86,8 @@ def _status_kib(pid: int, key: str) -> float:
 
 @contextlib.contextmanager
 def gateway(model_base: Path, log: Path, **settings: Any) -> Iterator[Gateway]:
-    """`resnet-serving serve --backend embedded` on a free port; yields once /readyz is 200."""
+    """`resnet-serving serve` (embedded unless `settings` say otherwise) on a free port; yields
+    once /readyz is 200."""
     port = free_port()
     values = {"backend": "embedded", "model_base_path": model_base, "model_name": MODEL_NAME,
               "port": port, "log_level": "warning", **settings}  # fmt: skip
@@ -115,9 +117,11 @@ def gateway(model_base: Path, log: Path, **settings: Any) -> Iterator[Gateway]:
             proc.wait()
 
 
-def loadtest(url: str, out: Path, *args: str, timeout_s: float) -> dict[str, Any]:
-    """Run `resnet-serving loadtest run URL ARGS --out OUT --quiet`; its result.json."""
-    cmd = [sys.executable, "-m", "resnet_serving", "loadtest", "run", f"{url}/v1/classify",
+def loadtest(
+    url: str, out: Path, *args: str, timeout_s: float, path: str = "/v1/classify"
+) -> dict[str, Any]:
+    """Run `resnet-serving loadtest run URL+PATH ARGS --out OUT --quiet`; its result.json."""
+    cmd = [sys.executable, "-m", "resnet_serving", "loadtest", "run", f"{url}{path}",
            *args, "--out", str(out), "--quiet"]  # fmt: skip
     proc = subprocess.run(cmd, env=child_env(), cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout_s)  # fmt: skip

@@ -5,6 +5,9 @@ round by round so that load from other processes hits both alike. Writes
 `benchmarks/results/preprocess.md` and `.json`.
 
     python -m benchmarks.preprocess [--rounds 4] [--seconds 0.3]
+
+The same files through other JPEG decoders (simplejpeg, PyTurboJPEG, pillow-simd):
+`python -m benchmarks.preprocess_decoders` (benchmarks/preprocess_decoders.py).
 """
 
 from __future__ import annotations

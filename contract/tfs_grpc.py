@@ -54,11 +54,16 @@ HANDLE_RELOAD_CONFIG_REQUEST: Final = Method(
 METHODS: Final = (PREDICT, GET_MODEL_METADATA, GET_MODEL_STATUS, HANDLE_RELOAD_CONFIG_REQUEST)
 
 
-def unary_unary(channel: grpc.Channel | grpc.aio.Channel, method: Method) -> Any:
-    """A callable for `method` on `channel`; awaitable when the channel is a grpc.aio one."""
+def unary_unary(
+    channel: grpc.Channel | grpc.aio.Channel, method: Method, *, serialized: bool = False
+) -> Any:
+    """A callable for `method` on `channel`; awaitable when the channel is a grpc.aio one.
+
+    `serialized`: the callable takes the request already serialised (`bytes`, e.g. from
+    `contract.wire.predict_request_bytes`) instead of a message."""
     return channel.unary_unary(
         method.path,
-        request_serializer=method.request.SerializeToString,
+        request_serializer=None if serialized else method.request.SerializeToString,
         response_deserializer=method.response.FromString,
     )
 

@@ -17,6 +17,17 @@ statistic, so the gateway does not keep shedding after the server is healthy aga
 real slowdown (most recent calls slow) shows within a few calls. An estimate only moves when
 calls complete, so the batcher also always admits work that fits in the next batch: the
 queue can never shed its way into never learning again.
+
+The model server can also say it is overloaded: TF Serving answers UNAVAILABLE "The batch
+scheduling queue to which this task was submitted is full" when its batching queue holds
+`max_enqueued_batches` (the tfserving backend raises QueueFull for it, and its circuit breaker
+counts it as an answer, not an outage). That is the one signal the estimate cannot see, since
+it is shared by every gateway process and client of that server. `OverloadPause` turns it into
+a short pause: the batcher admits and sends nothing until it ends. The first pause lasts one
+typical call (the time the server needs to take a batch off its queue); each further queue-full
+answer in a row doubles it, up to `max_pause_s` (the Retry-After the shed clients were given);
+any successful call ends the streak. A pause is bounded in time, so the gateway is back to full
+speed the moment the server is, without having to learn it.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from collections import deque
 from collections.abc import Callable
 
 WINDOW = 8  # recent calls per bucket the estimate looks at
+MIN_PAUSE_S = 0.005  # shortest pause after a queue-full answer (before any call was timed)
 _TYPICAL = 0.5  # quantile used as "the" call time
 _PLANNED = 0.75  # quantile admission plans for
 
@@ -73,3 +85,33 @@ class QueueWaitEstimate:
         if rest:
             total += self.batch_seconds(self._bucket_for(rest), conservative=True) or 0.0
         return total
+
+
+class OverloadPause:
+    """A pause after the model server said its queue is full; doubles while it keeps saying so."""
+
+    def __init__(self, *, max_pause_s: float = 1.0, min_pause_s: float = MIN_PAUSE_S) -> None:
+        if not 0 < min_pause_s <= max_pause_s:
+            raise ValueError(
+                f"need 0 < min_pause_s <= max_pause_s. Received: {min_pause_s=}, {max_pause_s=}"
+            )
+        self.min_pause_s = min_pause_s
+        self.max_pause_s = max_pause_s
+        self.strikes = 0  # queue-full answers since the last successful call
+        self.until = 0.0  # clock reading the pause ends at
+
+    def hit(self, now: float, typical_call_s: float | None) -> float:
+        """Record a queue-full answer at `now`; returns how long new work is now held back."""
+        self.strikes += 1
+        base = max(self.min_pause_s, typical_call_s or 0.0)
+        pause = min(self.max_pause_s, base * 2 ** min(self.strikes - 1, 30))
+        self.until = max(self.until, now + pause)
+        return self.until - now
+
+    def clear(self) -> None:
+        """A call succeeded: the next queue-full starts a new streak (the pause runs out)."""
+        self.strikes = 0
+
+    def left(self, now: float) -> float:
+        """Seconds of pause left at `now` (0: none)."""
+        return self.until - now if self.until > now else 0.0

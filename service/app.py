@@ -41,8 +41,13 @@ def create_app(
     *,
     backend: Backend | None = None,
     on_fatal: Callable[[str], None] | None = None,
+    listen_after_ready: bool = False,
 ) -> FastAPI:
     """The gateway app. `backend` overrides the one `settings` would make (tests, benchmarks).
+
+    `listen_after_ready`: the lifespan start waits for the backend (at most
+    `backend_connect_timeout_s`) before uvicorn takes connections, so a worker process that
+    replaces a dead one joins ready (`service.server`); past that bound it listens anyway.
 
     `on_fatal(reason)` is called when the embedded model cannot load: a gateway that can never
     serve should exit (the server stops and reports it) rather than stay half alive. Without it
@@ -57,6 +62,7 @@ def create_app(
         metrics=metrics,
         decode_limits=DecodeLimits.from_settings(settings),
         on_fatal=on_fatal,
+        listen_after_ready=listen_after_ready,
         traffic=TrafficSplit(settings.canary_fraction, settings.shared_state_dir),
     )
     app = FastAPI(
@@ -87,10 +93,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = state_of(app)
     configure_pillow()
     state.decode_pool = ThreadPoolExecutor(
-        state.settings.decode_workers, thread_name_prefix="decode"
+        state.settings.decode_threads(), thread_name_prefix="decode"
     )
     # Start in the background: /livez answers at once, /readyz turns 200 once the model is warm.
     starting = asyncio.create_task(_start_backend(state), name="backend-start")
+    if state.listen_after_ready:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.shield(starting), state.settings.backend_connect_timeout_s
+            )
     try:
         yield
     finally:
@@ -105,6 +116,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.backend.close()
         pool, state.decode_pool = state.decode_pool, None
         pool.shutdown(wait=False, cancel_futures=True)
+        state.metrics.close()
 
 
 async def _start_backend(state: GatewayState) -> None:
@@ -113,16 +125,16 @@ async def _start_backend(state: GatewayState) -> None:
         await asyncio.wait_for(state.backend.start(), s.startup_timeout_s)
         models = ModelRegistry(state.backend, s, state.metrics, state.traffic)
         await models.start()
-        state.metrics.track_queue(models.queue_depth)
         state.models = models
         for served in models.models.values():
             current = served.current()
             log.info(
-                "ready: model %s version %s on the %s backend, batches up to %s",
+                "ready: model %s version %s on the %s backend, batches up to %s, %s in flight",
                 served.name,
                 current.version if current else "(none yet)",
                 state.backend.name,
                 current.batcher.max_batch_size if current else "-",
+                current.batcher.max_inflight_batches if current else "-",
             )
     except asyncio.CancelledError:
         raise

@@ -30,8 +30,17 @@ def _add_serve(sub: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--tfserving-address", help="host:port of TF Serving's gRPC API")
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="gateway processes behind the one port (default: one per core for tfserving, "
+        "1 for embedded)",
+    )
     parser.add_argument("--max-batch-size", type=int)
-    parser.add_argument("--max-wait-ms", type=float)
+    parser.add_argument(
+        "--max-wait-ms", type=float, help="linger for company with a backend slot free (0)"
+    )
+    parser.add_argument("--max-inflight-batches", type=int, help="backend calls in flight")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=_run_serve)
 

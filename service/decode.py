@@ -58,6 +58,9 @@ _TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 _EXIF_ORIENTATION = 0x0112
+# Segments `declared_size` reads before a JPEG's frame header (encoders write about 5-20:
+# APPn, DQT, DHT): a bound on the work done for a file that is only segments.
+_MAX_HEADER_SEGMENTS = 64
 
 
 def configure_pillow() -> None:
@@ -115,8 +118,11 @@ def _one_line(exc: BaseException) -> str:
     return text[:200]
 
 
-def _plan(stored: tuple[int, int], orientation: int, spec: InputSpec, pre: Preprocessing) -> _Plan:
-    """The crop box and output size in stored coordinates; a centred box is rotation-invariant."""
+def crop_plan(
+    stored: tuple[int, int], orientation: int, spec: InputSpec, pre: Preprocessing
+) -> _Plan:
+    """The crop box and output size in stored coordinates (a centred box is rotation-invariant),
+    and the JPEG draft scale; public so a benchmark can give another decoder the same crop."""
     sw, sh = stored
     swap = orientation in (5, 6, 7, 8)
     ow, oh = (sh, sw) if swap else (sw, sh)  # upright size
@@ -136,8 +142,9 @@ def _plan(stored: tuple[int, int], orientation: int, spec: InputSpec, pre: Prepr
     return _Plan((left, top, left + bw, top + bh), (out_w, out_h), draft)
 
 
-def _declared_size(data: bytes) -> tuple[str, int, int] | None:
-    """Format and size a header declares, for headers Pillow refuses to open (e.g. 0 x N)."""
+def declared_size(data: bytes) -> tuple[str, int, int] | None:
+    """Format and size a PNG, GIF, BMP or JPEG header declares, read from a few bytes (no
+    Pillow): for headers Pillow refuses to open (e.g. 0 x N), and to size a decode up front."""
     try:
         if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
             w, h = struct.unpack(">II", data[16:24])
@@ -152,8 +159,9 @@ def _declared_size(data: bytes) -> tuple[str, int, int] | None:
                 w, h = struct.unpack("<ii", data[18:26])
             return "BMP", abs(w), abs(h)
         if data[:2] == b"\xff\xd8":
-            i = 2
-            while i + 9 <= len(data) and data[i] == 0xFF:
+            i, segments = 2, 0
+            while i + 9 <= len(data) and data[i] == 0xFF and segments < _MAX_HEADER_SEGMENTS:
+                segments += 1
                 marker = data[i + 1]
                 if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
                     h, w = struct.unpack(">HH", data[i + 5 : i + 9])
@@ -198,7 +206,7 @@ def _open(data: bytes, limits: DecodeLimits) -> ImageFile.ImageFile:
                 f"image format {sniffed} is not accepted; "
                 f"allowed: {', '.join(limits.allowed_formats)}"
             ) from None
-        declared = _declared_size(data)
+        declared = declared_size(data)
         if declared is not None and 0 in declared[1:]:
             fmt, w, h = declared
             raise ZeroSizedImage(f"zero-sized image: {fmt} header declares {w}x{h}") from None
@@ -314,7 +322,7 @@ def _decode_opened(
     if isinstance(im, JpegImagePlugin.JpegImageFile):  # JPEG and MPO
         # JPEG EXIF sits in APP1, parsed with the header: orient and draft before decoding.
         orientation = _orientation(im) if pre.apply_exif_orientation else 1
-        plan = _plan(stored, orientation, spec, pre)
+        plan = crop_plan(stored, orientation, spec, pre)
         if plan.draft_scale > 1:
             a = plan.draft_scale
             drafted = im.draft("RGB", (stored[0] // a, stored[1] // a))
@@ -324,7 +332,7 @@ def _decode_opened(
     else:
         _load(im, stored, data_len)  # PNG may carry eXIf after the pixels: load first
         orientation = _orientation(im) if pre.apply_exif_orientation else 1
-        plan = _plan(stored, orientation, spec, pre)
+        plan = crop_plan(stored, orientation, spec, pre)
     left, top, right, bottom = (v / shrink for v in plan.box)
     out = _resizable(im).resize(
         plan.size,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -199,6 +200,8 @@ class ModelRegistry:
         self._retiring: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
         self._random = random.Random()
+        self._batcher_ids = itertools.count()
+        self._depths: dict[int, int] = {}  # queue depth per batcher opened (the gauge's sum)
 
     @property
     def default(self) -> ServedModel:
@@ -309,11 +312,24 @@ class ModelRegistry:
             max_wait_ms=s.max_wait_ms,
             max_queue_images=s.max_queue_images,
             max_queue_wait_s=s.max_queue_wait_s,
+            max_inflight_batches=s.max_inflight_batches,
             retry_after_s=s.retry_after_s,
             on_batch=self._metrics.batch_observer(self._backend.name),
+            on_queue_depth=self._depth_observer(),
         )
         await batcher.start()
         return VersionSlot(model, version, manifest, batcher)
+
+    def _depth_observer(self) -> Callable[[int], None]:
+        """A batcher's `on_queue_depth`: the gauge shows every batcher's queue of this process
+        summed (set on change: multiprocess metrics cannot read a value at scrape time)."""
+        key = next(self._batcher_ids)
+
+        def observe(depth: int) -> None:
+            self._depths[key] = depth
+            self._metrics.queue_depth.set(sum(self._depths.values()))
+
+        return observe
 
     def _retire(self, slot: VersionSlot) -> None:
         """Stop choosing `slot`; flush what its batcher holds (calls that meet the unloaded

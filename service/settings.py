@@ -6,6 +6,7 @@ Library code never reads the environment itself: `Settings()` is built once at s
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -17,6 +18,24 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from contract.manifest import MODEL_NAME_PATTERN
 
 ENV_PREFIX = "RESNET_SERVING_"
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+
+
+def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The cores this process may use: its CPU affinity, lowered to a container's CPU quota
+    (cgroup v2 `cpu.max`, what `docker run --cpus` and a Kubernetes CPU limit set), which
+    `os.cpu_count()` does not see. At least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 file, or not the expected two numbers
+        pass
+    return max(1, cores)
 
 
 class Settings(BaseSettings):
@@ -61,9 +80,25 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(default=5.0, gt=0.0)  # open/first byte -> end of head
     max_connections: int = Field(default=2048, ge=1)  # per process, within the fd limit
 
+    # Processes behind the one port (uvicorn's supervisor restarts any that dies). None: one
+    # per available core (`available_cpus`: affinity and container CPU quota) for the
+    # tfserving backend; 1 for the embedded one, which loads the model and runs TensorFlow in
+    # every process (N copies in memory, N sets of TF threads).
+    workers: int | None = Field(default=None, ge=1, le=256)
+    # With several workers: the folder their metric files live in, summed by /metrics (wiped
+    # at start; a tmpfs is best). None: a temporary folder, removed at exit.
+    metrics_dir: Path | None = None
+
     # Micro-batching.
     max_batch_size: int = Field(default=32, ge=1)  # capped at the manifest's largest bucket
-    max_wait_ms: float = Field(default=5.0, ge=0.0, le=1000.0)
+    # How long the oldest queued image may wait for company once a backend slot is free. 0:
+    # sent at once, so batches form only while every slot is busy (the model server is).
+    max_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
+    # Backend calls in flight per process. 1 measured best for tfserving: each gRPC call costs
+    # ~0.2 ms of CPU, so a second slot halves batches at a given load for no latency gain when
+    # TF Serving batches (benchmarks/results/gateway_ceiling.md); the embedded backend runs
+    # calls in turn on one TensorFlow thread anyway.
+    max_inflight_batches: int = Field(default=1, ge=1, le=64)
     max_queue_images: int = Field(default=512, ge=1)  # beyond this: 503 + Retry-After
     # Shed (503 + Retry-After) when the estimated queue wait exceeds this or the time left of
     # the request's budget, instead of accepting work that would finish late. 0: off.
@@ -90,11 +125,18 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=20.0, ge=0.0)  # graceful shutdown bound
     retry_after_s: int = Field(default=1, ge=1)
 
-    # Workers.
-    decode_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # Decoding. A pool of threads per process decodes images off the event loop; None: the
+    # process's share of the cores, and at least 2.
+    decode_workers: int | None = Field(default=None, ge=1)
     # Decodes one request may run at once; None: all workers but one, so a request full of
     # costly images always leaves a worker for the others.
     max_decodes_per_request: int | None = Field(default=None, ge=1)
+    # Small images are decoded on the event loop itself, skipping two thread hops (~80 us of
+    # CPU each): a request's images while their declared pixels add up to at most this, and
+    # each file is at most 2 bytes per allowed pixel. 0: always the pool. None: 500 000 when
+    # there is a process per core (the pool's threads could only take turns with the loop),
+    # else 0 (the pool is how one process decodes on several cores).
+    inline_decode_max_pixels: int | None = Field(default=None, ge=0)
 
     # Circuit breaker (tfserving backend).
     breaker_failure_threshold: int = Field(default=5, ge=1)
@@ -113,11 +155,30 @@ class Settings(BaseSettings):
     # The browser demo page at `/` (service/page.py); off: `/` is a 404 like any unknown path.
     demo_page: bool = True
 
+    def worker_count(self) -> int:
+        """Gateway processes to run: `workers`, or the backend's default."""
+        if self.workers is not None:
+            return self.workers
+        return available_cpus() if self.backend == "tfserving" else 1
+
+    def decode_threads(self) -> int:
+        """Decode threads per process: `decode_workers`, or this process's share of the cores."""
+        if self.decode_workers is not None:
+            return self.decode_workers
+        return max(2, available_cpus() // self.worker_count())
+
     def decode_slots_per_request(self) -> int:
         """How many of one request's images may decode at the same time."""
+        threads = self.decode_threads()
         if self.max_decodes_per_request is not None:
-            return min(self.max_decodes_per_request, self.decode_workers)
-        return max(1, self.decode_workers - 1)
+            return min(self.max_decodes_per_request, threads)
+        return max(1, threads - 1)
+
+    def inline_decode_pixels(self) -> int:
+        """Declared pixels per request decoded on the event loop (0: none)."""
+        if self.inline_decode_max_pixels is not None:
+            return self.inline_decode_max_pixels
+        return 500_000 if self.worker_count() >= available_cpus() else 0
 
     def served_models(self) -> tuple[str, ...]:
         """model_name first, then the other names of `models`, each once."""

@@ -47,6 +47,8 @@ class GatewayState:
     # Called with the reason when the embedded model cannot load: the server stops and reports
     # it (a gateway that can never serve exits rather than stay half alive). None: /readyz only.
     on_fatal: Callable[[str], None] | None = None
+    # Wait for the backend (bounded) before taking connections (service.app.create_app).
+    listen_after_ready: bool = False
     traffic: TrafficSplit = field(default_factory=TrafficSplit)  # the canary fraction
     decode_pool: ThreadPoolExecutor | None = None  # created at start-up, shut at shutdown
     models: ModelRegistry | None = None  # set once the backend has started
@@ -104,7 +106,9 @@ def state_of(app: Starlette) -> GatewayState:
     return state
 
 
-def get_state(request: Request) -> GatewayState:
+async def get_state(request: Request) -> GatewayState:
+    """The app's state; async, so FastAPI calls it in the request's task (a sync dependency
+    would cost a hop to a worker thread and back on every request)."""
     return state_of(request.app)
 
 

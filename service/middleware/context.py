@@ -88,6 +88,8 @@ def access_log(
     orchestrator polls them every few seconds and would drown the real traffic."""
     path = scope.get("path", "")
     level = logging.DEBUG if status < 400 and path in _QUIET_PATHS else logging.INFO
+    if not access_logger.isEnabledFor(level):
+        return
     if len(path) > _MAX_LOGGED_PATH:
         path = path[:_MAX_LOGGED_PATH] + "..."
     access_logger.log(

@@ -361,3 +361,41 @@ def test_predict_request_reads_with_the_real_schema(
 def test_predict_request_refuses(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ContractError, match=message):
         wire.predict_request("resnet", signature="serving_default", inputs={}, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {"images": RNG.integers(0, 256, size=(3, 5, 7, 3), dtype=np.uint8)},
+        {"images": RNG.integers(0, 256, size=(64, 224, 224, 3), dtype=np.uint8)},  # 9.6 MB
+        # a strided view, a non-native byte order and two inputs: still one message
+        {
+            "a": RNG.integers(0, 256, size=(2, 6, 6, 3), dtype=np.uint8)[:, ::2],
+            "b": np.arange(6, dtype=">f4").reshape(2, 3),
+        },
+    ],
+    ids=["small", "large", "views-and-two-inputs"],
+)
+def test_predict_request_bytes_is_the_same_message(inputs: dict[str, np.ndarray]) -> None:
+    """The hand-framed request parses, with TF Serving's own schema, to exactly the request
+    protobuf builds from `array_tensor`s."""
+    from tensorflow_serving.apis import predict_pb2
+
+    kwargs: dict[str, Any] = {"signature": "serving_default", "output_filter": ("probabilities",)}
+    raw = wire.predict_request_bytes("resnet", inputs=inputs, version=7, **kwargs)
+    built = wire.predict_request(
+        "resnet", inputs={k: wire.array_tensor(v) for k, v in inputs.items()}, version=7, **kwargs
+    )
+    real = predict_pb2.PredictRequest.FromString(raw)
+    assert real == predict_pb2.PredictRequest.FromString(built.SerializeToString())
+    assert tfs_protos.PredictRequest.FromString(raw) == built
+    for key, array in inputs.items():  # and the pixels are the array's, in C order
+        got = np.frombuffer(real.inputs[key].tensor_content, dtype=array.dtype.newbyteorder("<"))
+        np.testing.assert_array_equal(got.reshape(array.shape), array)
+
+
+def test_predict_request_bytes_refuses_strings() -> None:
+    with pytest.raises(TensorError, match=r"tensor_content inputs must have one of the dtypes"):
+        wire.predict_request_bytes(
+            "resnet", signature="s", inputs={"x": np.array(["a", "b"], dtype=object)}
+        )

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from contract.manifest import Manifest
-from service.admission import QueueWaitEstimate
+from service.admission import MIN_PAUSE_S, OverloadPause, QueueWaitEstimate
 from service.app import create_app
 from service.batcher import MicroBatcher
 from service.errors import QueueFull
@@ -322,3 +322,66 @@ def test_admission_recovers_at_once_after_one_backend_stall(tmp_path: Path) -> N
         assert stalled[200] >= 1, stalled
         after = asyncio.run(burst(live.url, 200))
     assert after[200] >= min(200, before[200]) - 10, f"before {before}, right after {after}"
+
+
+# ------------------------------------------ the model server's own "queue full": a pause
+
+
+def test_a_queue_full_answer_pauses_for_one_typical_call() -> None:
+    pause = OverloadPause(max_pause_s=1.0)
+    assert pause.left(0.0) == 0.0
+    assert pause.hit(10.0, typical_call_s=0.02) == pytest.approx(0.02)
+    assert pause.left(10.01) == pytest.approx(0.01) and pause.left(10.02) == 0.0
+
+
+def test_the_pause_doubles_while_the_server_keeps_saying_so_up_to_the_cap() -> None:
+    pause = OverloadPause(max_pause_s=0.5)
+    lengths = [pause.hit(float(t), typical_call_s=0.05) for t in range(6)]
+    assert lengths == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.5, 0.5])
+    pause.clear()  # a call succeeded: the next queue-full starts again at one call
+    assert pause.hit(100.0, typical_call_s=0.05) == pytest.approx(0.05)
+
+
+def test_before_any_call_was_timed_the_pause_is_the_minimum() -> None:
+    assert OverloadPause().hit(0.0, typical_call_s=None) == pytest.approx(MIN_PAUSE_S)
+    with pytest.raises(ValueError, match="min_pause_s"):
+        OverloadPause(max_pause_s=0.001, min_pause_s=0.01)
+
+
+def test_tf_servings_queue_full_is_a_503_that_pauses_admission_not_an_outage(
+    tmp_path: Path,
+) -> None:
+    """Over HTTP, against a TF Serving double that serves one batch at a time and queues none:
+    with two calls in flight the second is answered queue-full. Its client gets 503
+    queue_full + Retry-After, the circuit stays closed (/readyz 200), and once the first call
+    is back the gateway serves again."""
+    from contract.manifest import write_manifest
+    from testdoubles.fast_tfserving import Speed, spawn
+
+    write_manifest(API_MANIFEST, tmp_path / API_MANIFEST.model_name / "3")
+    one_at_a_time = Speed(base_ms=600.0, per_image_ms=0.0, concurrency=1, max_queued=0)
+    with spawn(tmp_path, API_MANIFEST.model_name, speed=one_at_a_time) as address:
+        settings = gateway_settings(
+            tmp_path, backend="tfserving", tfserving_address=address, max_wait_ms=0.0,
+            max_inflight_batches=2, retry_after_s=2,
+        )  # fmt: skip
+        with (
+            serve_app(create_app(settings)) as live,
+            httpx.Client(base_url=live.url, timeout=10) as client,
+        ):
+
+            async def two() -> list[httpx.Response]:
+                async with httpx.AsyncClient(base_url=live.url, timeout=10) as ac:
+                    img = {"content": pixel(3), "headers": {"content-type": "image/png"}}
+                    first = asyncio.create_task(ac.post("/v1/classify", **img))
+                    await asyncio.sleep(0.2)  # its call holds the double's one slot
+                    return [await ac.post("/v1/classify", **img), await first]
+
+            refused, served = asyncio.run(two())
+            assert served.status_code == 200, served.text
+            assert refused.status_code == 503 and refused.json()["error"] == "queue_full"
+            assert "queue" in refused.json()["detail"] and refused.headers["retry-after"] == "2"
+            assert client.get("/readyz").status_code == 200  # overloaded is not down
+            again = client.post("/v1/classify", content=pixel(4),
+                                headers={"content-type": "image/png"})  # fmt: skip
+            assert again.status_code == 200, again.text

@@ -23,6 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from contract.manifest import InputSpec, Manifest
 from service.app import create_app
 from service.errors import BackendUnavailable
+from service.routes import top_k_indices
+from service.schemas import ClassifyResponse, json_bytes_response
+from service.settings import Settings
 from service.state import state_of
 from tests.service.conftest import LABELS, MODEL_NAME, SIDE, OneVersion, gateway_settings, png
 from tests.service.conftest import serving as serve_app
@@ -300,3 +303,68 @@ def test_not_ready_while_the_backend_starts() -> None:
             f"{live.url}/v1/classify", content=pixel(1), headers={"content-type": "image/png"}
         )
         assert_error(r, 503, "not_ready")
+
+
+# --------------------------------------------------------------- the hot path, kept honest
+
+
+def test_the_classify_lane_keeps_fastapis_routing_answers(api: httpx.Client) -> None:
+    """`service.middleware.lane` answers the two classify routes; FastAPI still answers the
+    rest of those paths as before, and the metrics name the route templates."""
+    img = {"content": pixel(1), "headers": {"content-type": "image/png"}}
+    assert api.post(f"/v1/models/{MODEL_NAME}/classify", **img).status_code == 200
+    assert_error(api.post(f"/v1/models/{MODEL_NAME}/x/classify", **img), 404, "not_found")
+    assert_error(api.post("/v1/models//classify", **img), 404, "not_found")
+    wrong = api.put("/v1/classify", **img)
+    assert_error(wrong, 405, "method_not_allowed")
+    assert wrong.headers["allow"] == "POST"
+    text = api.get("/metrics").text
+    assert 'route="/v1/models/{name}/classify",status="200"' in text
+
+
+def test_a_lone_request_is_not_held_for_a_batching_window(double: DoubleBackend) -> None:
+    """The default policy sends an image as soon as a backend call slot is free: a request at
+    an idle gateway spends well under the old 5 ms window in the queue (Server-Timing)."""
+    default_wait = Settings.model_fields["max_wait_ms"].default
+    settings = gateway_settings(Path("unused"), max_wait_ms=default_wait)
+    with (
+        serve_app(create_app(settings, backend=double)) as live,
+        httpx.Client(base_url=live.url, timeout=10) as client,
+    ):
+        queue_ms = []
+        for v in range(7):
+            r = client.post("/v1/classify", content=pixel(v), headers={"content-type": "image/png"})
+            assert r.status_code == 200, r.text
+            queue_ms.append(float(re.search(r"queue;dur=([\d.]+)", r.headers["server-timing"])[1]))
+    assert default_wait == 0.0
+    assert sorted(queue_ms)[3] < 2.5, queue_ms  # the median; the old policy waited >= 5 ms
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_top_k_indices_are_a_stable_sort_of_the_best(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([3, 10, 100, 1000]))
+    probs = rng.random(n).astype(np.float32)
+    if seed % 3 == 0:  # many ties, some of them across the k-th place
+        probs = np.round(probs * 4) / 4
+    if seed % 7 == 0:
+        probs[rng.integers(0, n)] = np.nan
+    for k in (1, 5, min(n, 20), n):
+        expected = np.argsort(-probs, kind="stable")[:k]
+        np.testing.assert_array_equal(top_k_indices(probs, k), expected)
+
+
+def test_the_classify_answer_is_the_schema_serialised() -> None:
+    """The route builds the answer as plain dicts for orjson: the bytes are exactly what the
+    pydantic model `ClassifyResponse` would send, so the schema stays the truth."""
+    body = {
+        "model": {"name": "demo", "version": 3},
+        "predictions": [
+            {"top_k": [{"label": "star", "class_id": 7, "score": 0.9123456789}]},
+            {"top_k": [{"label": "ring", "class_id": 1, "score": 1e-07},
+                       {"label": "star", "class_id": 7, "score": 0.0}]},
+        ],
+        "timing_ms": {"decode": 1.234, "queue": 0.0, "backend": 12.5, "total": 14.001},
+    }  # fmt: skip
+    ours = json_bytes_response(body, headers={"Server-Timing": "x"}).body
+    assert ours == ClassifyResponse.model_validate(body).model_dump_json().encode()

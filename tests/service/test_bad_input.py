@@ -11,6 +11,7 @@ import io
 import struct
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,8 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.app import create_app
 from service.state import state_of
-from tests.service.conftest import SIDE, LiveServer, png, random_images
+from tests.service.conftest import SIDE, LiveServer, gateway_settings, png, random_images
+from tests.service.conftest import serving as serve_app
+from tests.service.test_api import DoubleBackend
 
 LIMIT_BYTES = 256 * 1024  # gateway_settings(max_upload_bytes=...)
 MAX_IMAGES = 8  # gateway_settings(max_images_per_request=...)
@@ -56,12 +60,19 @@ def files(*blobs: bytes) -> dict[str, Any]:
     return {"files": [("images", (f"{i}.png", b, "image/png")) for i, b in enumerate(blobs)]}
 
 
-def chunked(data: bytes) -> dict[str, Any]:
-    def body() -> Iterator[bytes]:  # no Content-Length: httpx sends Transfer-Encoding: chunked
-        for i in range(0, len(data), 16 * 1024):
-            yield data[i : i + 16 * 1024]
+class _Chunks:
+    """A body httpx sends chunked (no Content-Length), and can send again for the next case."""
 
-    return {"content": body(), "headers": {"content-type": "image/png"}}
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        for i in range(0, len(self.data), 16 * 1024):
+            yield self.data[i : i + 16 * 1024]
+
+
+def chunked(data: bytes) -> dict[str, Any]:
+    return {"content": _Chunks(data), "headers": {"content-type": "image/png"}}
 
 
 CASES: list[tuple[str, dict[str, Any], str, int, str]] = [
@@ -102,15 +113,29 @@ CASES: list[tuple[str, dict[str, Any], str, int, str]] = [
 ]
 
 
+@pytest.fixture(scope="module")
+def inline_gateway() -> Iterator[LiveServer]:
+    """The same limits, with small images decoded on the event loop instead of the pool."""
+    settings = gateway_settings(Path("unused"), inline_decode_max_pixels=2_000_000)
+    with serve_app(create_app(settings, backend=DoubleBackend())) as live:
+        yield live
+
+
+@pytest.fixture(params=["embedded_gateway", "inline_gateway"], ids=["pool", "inline"])
+def gateway(request: pytest.FixtureRequest) -> LiveServer:
+    live: LiveServer = request.getfixturevalue(request.param)
+    return live
+
+
 @pytest.mark.parametrize(
     ("kwargs", "query", "status", "code"),
     [c[1:] for c in CASES],
     ids=[c[0] for c in CASES],
 )
 def test_bad_input_is_refused_with_status_and_code(
-    embedded_gateway: LiveServer, kwargs: dict[str, Any], query: str, status: int, code: str
+    gateway: LiveServer, kwargs: dict[str, Any], query: str, status: int, code: str
 ) -> None:
-    with httpx.Client(base_url=embedded_gateway.url, timeout=20) as client:
+    with httpx.Client(base_url=gateway.url, timeout=20) as client:
         r = client.post(f"/v1/classify?{query}", **kwargs)
     assert r.status_code == status, r.text
     body = r.json()
@@ -120,8 +145,8 @@ def test_bad_input_is_refused_with_status_and_code(
         assert "top_k" in body["detail"]
 
 
-def test_still_serving_after_bad_input(embedded_gateway: LiveServer) -> None:
-    with httpx.Client(base_url=embedded_gateway.url, timeout=20) as client:
+def test_still_serving_after_bad_input(gateway: LiveServer) -> None:
+    with httpx.Client(base_url=gateway.url, timeout=20) as client:
         for _, kwargs, query, *_ in CASES[:4]:
             client.post(f"/v1/classify?{query}", **kwargs)
         r = client.post("/v1/classify", **raw(GOOD))
@@ -143,9 +168,9 @@ def test_input_size_is_the_models(
     seen: list[np.ndarray] = []
     predict = backend.predict
 
-    async def recording(images: np.ndarray, *, timeout_s: float, **which: Any) -> np.ndarray:
+    async def recording(images: np.ndarray, *, timeout_s: float, **pinned: Any) -> np.ndarray:
         seen.append(images.copy())
-        return await predict(images, timeout_s=timeout_s, **which)
+        return await predict(images, timeout_s=timeout_s, **pinned)
 
     monkeypatch.setattr(backend, "predict", recording)
     halves = np.zeros((480, 640, 3), np.uint8)

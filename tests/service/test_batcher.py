@@ -76,7 +76,10 @@ class RecordingBackend(OneVersion):
 
 
 def make(backend: RecordingBackend, **kw: float) -> MicroBatcher:
-    opts: dict[str, float] = {"max_batch_size": 8, "max_wait_ms": 20.0, "max_queue_images": 64}
+    opts: dict[str, float] = {
+        "max_batch_size": 8, "max_wait_ms": 20.0, "max_queue_images": 64,
+        "max_inflight_batches": 1,
+    }  # fmt: skip
     opts.update(kw)
     return MicroBatcher(
         backend,
@@ -84,6 +87,7 @@ def make(backend: RecordingBackend, **kw: float) -> MicroBatcher:
         max_batch_size=int(opts["max_batch_size"]),
         max_wait_ms=opts["max_wait_ms"],
         max_queue_images=int(opts["max_queue_images"]),
+        max_inflight_batches=int(opts["max_inflight_batches"]),
         retry_after_s=3,
     )
 
@@ -490,3 +494,136 @@ async def test_rejects_images_of_the_wrong_shape() -> None:
     with pytest.raises(ImageShapeError, match=r"Received: uint8\[1, 5, 5, 3\]"):
         await batcher.submit([np.zeros((5, 5, 3), np.uint8)], deadline=later())
     await batcher.close()
+
+
+# ------------------------------------------------- when a batch goes: slots, the cork, linger
+
+
+@dataclass
+class TimedBackend(RecordingBackend):
+    """RecordingBackend that also notes how many calls were in flight at once."""
+
+    inflight: int = 0
+    most_inflight: int = 0
+
+    async def predict(self, images: np.ndarray, *, timeout_s: float) -> np.ndarray:
+        self.inflight += 1
+        self.most_inflight = max(self.most_inflight, self.inflight)
+        try:
+            return await super().predict(images, timeout_s=timeout_s)
+        finally:
+            self.inflight -= 1
+
+
+async def test_a_lone_image_goes_at_once_when_a_slot_is_free() -> None:
+    backend = RecordingBackend()
+    batcher = make(backend, max_wait_ms=0)
+    await batcher.start()
+    (result,) = await asyncio.wait_for(batcher.submit([image(4)], deadline=later()), 1.0)
+    await batcher.close()
+    # Sent in the event-loop turn after it arrived, not after a batching window.
+    assert result.queue_s < 0.05 and result.batch_size == 1
+
+
+async def test_images_that_arrive_together_go_together() -> None:
+    backend = RecordingBackend()
+    batcher = make(backend, max_wait_ms=0)
+    await batcher.start()
+    await asyncio.gather(*(batcher.submit([image(v)], deadline=later()) for v in range(5)))
+    await batcher.close()
+    assert [rows for rows, _ in backend.calls] == [8]  # 5 images, one call (bucket 8)
+
+
+async def test_batches_form_while_every_slot_is_busy() -> None:
+    """The cork: the first image goes alone; what arrives while it is at the backend waits
+    and then goes in one call."""
+    backend = RecordingBackend(gate=asyncio.Event())
+    batcher = make(backend, max_wait_ms=0)
+    await batcher.start()
+    first = asyncio.create_task(batcher.submit([image(1)], deadline=later()))
+    while not backend.calls:
+        await asyncio.sleep(0.001)
+    rest = [asyncio.create_task(batcher.submit([image(v)], deadline=later())) for v in range(6)]
+    await asyncio.sleep(0.05)
+    assert len(backend.calls) == 1 and batcher.queue_depth == 6  # one slot, busy: they wait
+    backend.gate.set()  # type: ignore[union-attr]
+    await asyncio.gather(first, *rest)
+    await batcher.close()
+    assert [rows for rows, _ in backend.calls] == [1, 8]
+
+
+async def test_several_calls_in_flight_up_to_the_limit() -> None:
+    backend = TimedBackend(gate=asyncio.Event())
+    batcher = make(backend, max_wait_ms=0, max_inflight_batches=2)
+    await batcher.start()
+    tasks = [asyncio.create_task(batcher.submit([image(1)], deadline=later()))]
+    while not backend.calls:
+        await asyncio.sleep(0.001)
+    tasks.append(asyncio.create_task(batcher.submit([image(2)], deadline=later())))
+    while len(backend.calls) < 2:  # the second slot takes the next image at once
+        await asyncio.sleep(0.001)
+    tasks += [asyncio.create_task(batcher.submit([image(3)], deadline=later())) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    assert len(backend.calls) == 2 and batcher.queue_depth == 3  # no third slot
+    backend.gate.set()  # type: ignore[union-attr]
+    results = await asyncio.gather(*tasks)
+    await batcher.close()
+    assert [r[0].probabilities[0] for r in results] == [1, 2, 3, 3, 3]
+    assert backend.most_inflight == 2 and [rows for rows, _ in backend.calls] == [1, 1, 4]
+
+
+async def test_max_wait_ms_lingers_for_company_with_a_slot_free() -> None:
+    """The fixed-window policy is still there: a lone image waits up to max_wait_ms."""
+    backend = RecordingBackend()
+    batcher = make(backend, max_wait_ms=80)
+    await batcher.start()
+    first = asyncio.create_task(batcher.submit([image(1)], deadline=later()))
+    await asyncio.sleep(0.02)
+    second = asyncio.create_task(batcher.submit([image(2)], deadline=later()))
+    (a,), (b,) = await asyncio.gather(first, second)
+    await batcher.close()
+    assert [rows for rows, _ in backend.calls] == [2]  # the second joined the first
+    assert a.queue_s >= 0.07 and b.queue_s < a.queue_s
+
+
+# --------------------------------------------- the model server says its queue is full
+
+
+async def test_model_server_queue_full_sheds_its_batch_and_pauses_admission() -> None:
+    """TF Serving's queue-full (QueueFull from the backend): its images get 503 queue_full,
+    new work is refused for a moment, and what is already queued waits for the pause."""
+    full = QueueFull("TF Serving is overloaded: The batch scheduling queue ... is full")
+    backend = RecordingBackend(fail_with=[full])
+    batcher = make(backend, max_wait_ms=0)
+    batcher.wait_estimate.observe(1, 0.2)  # a typical call: 0.2 s, so the pause is 0.2 s
+    await batcher.start()
+    with pytest.raises(QueueFull, match="overloaded"):
+        await batcher.submit([image(1)], deadline=later())
+    assert batcher.stats.overloaded == 1 and batcher.overload.strikes == 1
+    with pytest.raises(QueueFull, match="said its queue is full") as refused:
+        batcher.check_admission(1, deadline=later())
+    assert refused.value.retry_after_s == 3
+    await asyncio.sleep(0.25)  # the pause is over: work is taken and served again
+    out = await batcher.submit([image(7)], deadline=later())
+    await batcher.close()
+    assert out[0].probabilities[0] == 7 and batcher.overload.strikes == 0
+
+
+async def test_queued_work_waits_out_the_pause_instead_of_failing() -> None:
+    backend = RecordingBackend(gate=asyncio.Event(), fail_with=[QueueFull("queue is full")])
+    batcher = make(backend, max_wait_ms=0)
+    batcher.wait_estimate.observe(1, 0.15)
+    await batcher.start()
+    refused = asyncio.create_task(batcher.submit([image(1)], deadline=later()))
+    while not backend.calls:
+        await asyncio.sleep(0.001)
+    queued = asyncio.create_task(batcher.submit([image(2)], deadline=later()))
+    await asyncio.sleep(0.01)
+    t0 = asyncio.get_running_loop().time()
+    backend.gate.set()  # type: ignore[union-attr]
+    with pytest.raises(QueueFull):
+        await refused
+    out = await queued
+    waited = asyncio.get_running_loop().time() - t0
+    await batcher.close()
+    assert out[0].probabilities[0] == 2 and waited >= 0.1  # held for the pause, then served

@@ -524,9 +524,9 @@ def test_nearest_interpolation_adds_no_new_colours() -> None:
 def test_jpeg_draft_scale_keeps_at_least_the_target_pixels(
     stored: tuple[int, int], draft: int
 ) -> None:
-    from service.decode import _plan
+    from service.decode import crop_plan
 
-    assert _plan(stored, 1, SPEC, STRETCH).draft_scale == draft
+    assert crop_plan(stored, 1, SPEC, STRETCH).draft_scale == draft
 
 
 # ---------------------------------------------------------------- fuzz

@@ -21,7 +21,7 @@ from service.auth import ApiKeys
 from service.errors import UploadTooLarge
 from service.memory import BodyBudget
 from service.metrics import GatewayMetrics
-from service.middleware import AccessGuard, BodyGuard, RequestContext, stack
+from service.middleware import AccessGuard, BodyGuard, ClassifyLane, RequestContext, stack
 from tests.service.conftest import LiveServer, gateway_settings, serving
 from tests.service.test_api import DoubleBackend
 
@@ -29,14 +29,26 @@ ORIGIN = "https://app.example"
 
 
 @pytest.mark.parametrize(
-    ("cors", "order"),
+    ("cors", "keys", "rate", "order"),
     [
-        ((), [RequestContext, AccessGuard, BodyGuard]),
-        ((ORIGIN,), [RequestContext, CORSMiddleware, AccessGuard, BodyGuard]),
+        ((), ("k",), 0.0, [RequestContext, AccessGuard, BodyGuard, ClassifyLane]),
+        (
+            (ORIGIN,),
+            ("k",),
+            0.0,
+            [RequestContext, CORSMiddleware, AccessGuard, BodyGuard, ClassifyLane],
+        ),
+        ((), (), 5.0, [RequestContext, AccessGuard, BodyGuard, ClassifyLane]),
+        # Nothing for AccessGuard to check: it is left out.
+        ((), (), 0.0, [RequestContext, BodyGuard, ClassifyLane]),
     ],
 )
-def test_the_app_uses_the_one_order(cors: tuple[str, ...], order: list[type]) -> None:
-    settings = gateway_settings(Path("unused"), cors_allow_origins=cors)
+def test_the_app_uses_the_one_order(
+    cors: tuple[str, ...], keys: tuple[str, ...], rate: float, order: list[type]
+) -> None:
+    settings = gateway_settings(
+        Path("unused"), cors_allow_origins=cors, api_keys=keys, rate_limit_per_s=rate
+    )
     assert [m.cls for m in stack(settings, GatewayMetrics())] == order
     app = create_app(settings, backend=DoubleBackend())
     assert [m.cls for m in app.user_middleware] == order

@@ -126,3 +126,38 @@ async def test_a_contract_the_server_failed_to_give_is_asked_for_again() -> None
         assert list(served.slots) == [2]
     finally:
         await registry.close(timeout_s=5)
+
+
+async def test_every_version_batcher_sends_at_once_with_the_settings_call_slots() -> None:
+    """Each version's batcher has `max_inflight_batches` call slots and sends a lone image at
+    once (no window); the queue-depth gauge is the sum over every version's queue."""
+    backend = ScriptedBackend()
+    backend.states = {1: "AVAILABLE", 2: "AVAILABLE"}
+    settings = gateway_settings(
+        Path("unused"), model_name="gw", version_poll_interval_s=600, max_wait_ms=0.0,
+        max_inflight_batches=3,
+    )  # fmt: skip
+    metrics = GatewayMetrics()
+    registry = ModelRegistry(backend, settings, metrics, TrafficSplit())  # type: ignore[arg-type]
+    await registry.start()
+    try:
+        served = registry.model("gw")
+        assert sorted(served.slots) == [1, 2]
+        assert {s.batcher.max_inflight_batches for s in served.slots.values()} == {3}
+        loop = asyncio.get_running_loop()
+        pixels = [np.zeros((4, 4, 3), np.uint8)]
+        results = await asyncio.wait_for(
+            served.slots[2].batcher.submit(pixels, deadline=loop.time() + 10), 5
+        )
+        assert results[0].probabilities[0] == 2 and results[0].queue_s < 0.5
+        depth = metrics.registry.get_sample_value
+        waiting = [  # queued in both versions; each dispatch runs after this coroutine resumes
+            asyncio.create_task(s.batcher.submit(pixels * 2, deadline=loop.time() + 10))
+            for s in served.slots.values()
+        ]
+        await asyncio.sleep(0)
+        assert depth("gateway_queue_depth") == 4
+        await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        assert depth("gateway_queue_depth") == 0
+    finally:
+        await registry.close(timeout_s=5)

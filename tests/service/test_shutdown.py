@@ -118,12 +118,16 @@ def test_sigterm_drains_accepted_requests_then_exits_zero(gateway_model: Gateway
     assert "Traceback" not in gateway.output, gateway.output
 
 
-def test_embedded_model_that_fails_to_load_exits_with_one_error_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+def test_embedded_model_that_fails_to_load_exits_with_one_error_line(tmp_path, workers) -> None:  # type: ignore[no-untyped-def]
+    """With workers, the one that cannot load stops the supervisor and all of them alike."""
     (tmp_path / "broken" / "1").mkdir(parents=True)  # a version dir with no SavedModel in it
     port = free_port()
-    gateway = start_gateway(port, backend="embedded", model_base_path=tmp_path, model_name="broken")
+    gateway = start_gateway(
+        port, backend="embedded", model_base_path=tmp_path, model_name="broken", workers=workers
+    )
     try:
-        code = gateway.popen.wait(timeout=90)
+        code = gateway.popen.wait(timeout=180)
     finally:
         gateway.stop()
     errors = [line for line in gateway.lines if line.startswith("error:")]
