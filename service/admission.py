@@ -72,6 +72,16 @@ class QueueWaitEstimate:
         seconds = _quantile(sorted(self._recent[nearest]), _PLANNED if conservative else _TYPICAL)
         return seconds * bucket / nearest
 
+    def batch_seconds_at_least(self, bucket: int) -> float | None:
+        """A lower bound on one call at `bucket`: the median of the largest seen bucket not
+        above it (a bigger batch never runs faster), None if no such bucket was seen. Dropping
+        an item as too late uses this, so only work that surely cannot make it is dropped;
+        admission plans with the (over-)estimate of `batch_seconds` instead."""
+        smaller = [b for b in self._recent if b <= bucket]
+        if not smaller:
+            return None
+        return _quantile(sorted(self._recent[max(smaller)]), _TYPICAL)
+
     def wait_s(self, queued_images: int) -> float:
         """Seconds until `queued_images` images (FIFO) are all through the backend, planning for
         slow calls (75th percentile each); 0 if nothing was learnt yet."""

@@ -337,9 +337,13 @@ class MicroBatcher:
     async def _run_batch(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        # An item that cannot be answered before its deadline (the call is expected to take
-        # `expected` s) fails now instead of taking a row of the model's time for nothing.
-        expected = self.wait_estimate.batch_seconds(self._manifest.bucket_for(len(batch))) or 0.0
+        # An item that cannot be answered before its deadline (the call takes at least
+        # `expected` s) fails now instead of taking a row of the model's time for nothing. A
+        # lower bound, not the estimate: a bucket never seen is not guessed at (a burst after
+        # lone requests would be dropped on a linear guess from batches of one).
+        expected = (
+            self.wait_estimate.batch_seconds_at_least(self._manifest.bucket_for(len(batch))) or 0.0
+        )
         live: list[_Item] = []
         for item in batch:
             if item.future.done():  # the caller gave up (cancelled / timed out)

@@ -385,3 +385,19 @@ def test_tf_servings_queue_full_is_a_503_that_pauses_admission_not_an_outage(
             again = client.post("/v1/classify", content=pixel(4),
                                 headers={"content-type": "image/png"})  # fmt: skip
             assert again.status_code == 200, again.text
+
+
+def test_the_lower_bound_is_the_largest_seen_bucket_not_above() -> None:
+    """Dropping late work uses a lower bound: a bigger batch takes at least as long as a
+    smaller one seen (its median), never a linear guess; nothing seen below: no bound."""
+    estimate = QueueWaitEstimate(16, lambda n: 1 << max(n - 1, 0).bit_length())
+    assert estimate.batch_seconds_at_least(4) is None
+    for seconds in (0.4, 0.5, 0.6):
+        estimate.observe(2, seconds)
+    estimate.observe(8, 2.0)
+    assert estimate.batch_seconds_at_least(1) is None
+    assert estimate.batch_seconds_at_least(2) == 0.5
+    assert estimate.batch_seconds_at_least(4) == 0.5
+    assert estimate.batch_seconds_at_least(8) == 2.0
+    assert estimate.batch_seconds_at_least(16) == 2.0
+    assert estimate.batch_seconds(4) == 1.0  # admission still plans on the linear guess

@@ -230,6 +230,21 @@ async def test_items_that_cannot_make_their_deadline_skip_the_backend() -> None:
     assert batcher.stats.expired == 1
 
 
+async def test_a_burst_after_lone_requests_is_not_dropped_on_a_guess() -> None:
+    """Only lone calls were timed (0.3 s each): a batch of 8 is not known to take 8 x 0.3 s
+    (batches cost far less than linearly), so a burst with 1.5 s left is sent, not dropped as
+    late on a linear guess; the batch really takes 0.3 s and every image is answered."""
+    backend = RecordingBackend(delay_s=0.3)
+    batcher = make(backend)
+    batcher.wait_estimate.observe(1, 0.3)
+    await batcher.start()
+    results = await batcher.submit([image(i) for i in range(8)], deadline=later(1.5))
+    await batcher.close()
+    assert [r.probabilities[0] for r in results] == list(range(8))
+    assert [rows for rows, _ in backend.calls] == [8]
+    assert batcher.stats.expired == 0
+
+
 @pytest.mark.parametrize(
     ("raised", "expected"),
     [
