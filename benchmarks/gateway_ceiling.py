@@ -142,13 +142,23 @@ def _tree_ticks(pid: int) -> int:
     return total
 
 
+def _machine_busy_s() -> float:
+    """CPU seconds every core of the machine spent busy since boot (/proc/stat: all but idle
+    and iowait): the gateway, the load generator, the model-server double and anything else."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
 @dataclass
 class CpuSampler:
-    """CPU seconds of a process tree, sampled with wall-clock stamps in a thread."""
+    """CPU seconds of a process tree (and of the whole machine), sampled with wall-clock
+    stamps in a thread."""
 
     pid: int
     interval_s: float = 0.1
     samples: list[tuple[float, float]] = field(default_factory=list)
+    machine: list[tuple[float, float]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> CpuSampler:
@@ -160,12 +170,15 @@ class CpuSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.time(), _tree_ticks(self.pid) / CLK_TCK))
+            now = time.time()
+            self.samples.append((now, _tree_ticks(self.pid) / CLK_TCK))
+            self.machine.append((now, _machine_busy_s()))
             self._stop.wait(self.interval_s)
 
-    def at(self, t: float) -> float:
-        """CPU seconds used by time `t` (linear between samples)."""
-        s = self.samples
+    def at(self, t: float, *, machine: bool = False) -> float:
+        """CPU seconds used by time `t` (linear between samples): the gateway's, or with
+        `machine` every core's."""
+        s = self.machine if machine else self.samples
         for (t0, c0), (t1, c1) in itertools.pairwise(s):
             if t0 <= t <= t1:
                 return c0 + (c1 - c0) * (t - t0) / max(t1 - t0, 1e-9)
@@ -186,6 +199,8 @@ class Step:
     cpu_s: float
     images: int
     mean_batch: float | None = None
+    machine_cpu_s: float = 0.0  # every core's busy seconds over the same window
+    window_s: float = 0.0
 
     @property
     def images_per_cpu_s(self) -> float:
@@ -195,17 +210,29 @@ class Step:
     def cpu_ms_per_image(self) -> float:
         return 1000 * self.cpu_s / self.images if self.images else float("nan")
 
+    @property
+    def others_ms_per_image(self) -> float:
+        """CPU per image of everything but the gateway (load generator, double, other jobs)."""
+        return 1000 * (self.machine_cpu_s - self.cpu_s) / self.images if self.images else 0.0
+
+    def machine_busy(self, cores: int) -> float:
+        """Share of the machine's cores busy over the window."""
+        return self.machine_cpu_s / (cores * self.window_s) if self.window_s else 0.0
+
 
 def steps_of(result: dict[str, Any], cpu: CpuSampler) -> list[Step]:
     out = []
     for s in result["steps"]:
         start = s["started_at"] + s["warmup_s"]
-        used = cpu.at(start + s["window_s"]) - cpu.at(start)
+        end = start + s["window_s"]
+        used = cpu.at(end) - cpu.at(start)
+        machine = cpu.at(end, machine=True) - cpu.at(start, machine=True)
         queue = (s.get("stages_ms") or {}).get("queue") or {}
         out.append(Step(
             rate=s["offered_rate"], images_s=s["throughput_rps"],
             p50_ms=s["latency_ms"].get("p50_ms"), p99_ms=s["latency_ms"].get("p99_ms"),
             errors=s["errors"], queue_p50_ms=queue.get("p50_ms"), cpu_s=used, images=s["ok"],
+            machine_cpu_s=machine, window_s=s["window_s"],
         ))  # fmt: skip
     return out
 
@@ -351,7 +378,9 @@ def to_markdown(meta: dict[str, Any], decode: dict[str, tuple[float, float]],
         "photo-like files per size (benchmarks.preprocess.make_photo, q90), cycled.",
         "- CPU: utime+stime of the gateway's processes (supervisor and workers) from /proc, "
         "over each step's measured window. Excluding decode: minus the decode-only CPU per "
-        "image of the same files.",
+        "image of the same files. Machine busy: every core's busy time (/proc/stat) over the "
+        "same window; others' CPU is that minus the gateway's (the load generator, the double "
+        "and any other job), per request.",
         "",
         "## Decode-only (the most these cores could do)",
         "",
@@ -366,8 +395,9 @@ def to_markdown(meta: dict[str, Any], decode: dict[str, tuple[float, float]],
         "",
         "| image | processes | max images/s (p99 <= "
         f"{meta['p99_ms']:g} ms) | efficiency | scaling | at 80 %: p50 / p99 ms | images per "
-        "CPU-s | CPU ms per request | excl. decode | mean batch | cores per H100 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "CPU-s | CPU ms per request | excl. decode | mean batch | cores per H100 | machine busy | "
+        "others' CPU ms per request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     one = {r.size: r.max_rate for r in runs if r.workers == 1}
     for r in runs:
@@ -383,7 +413,9 @@ def to_markdown(meta: dict[str, Any], decode: dict[str, tuple[float, float]],
             f"{_f(scale, '.2f')}x | {_f(s.p50_ms if s else None)} / {_f(s.p99_ms if s else None)} | "
             f"{_f(s.images_per_cpu_s if s else None, '.0f')} | "
             f"{_f(s.cpu_ms_per_image if s else None, '.2f')} | {_f(excl, '.2f')} | "
-            f"{_f(s.mean_batch if s else None)} | {_f(cores, '.0f')} |"
+            f"{_f(s.mean_batch if s else None)} | {_f(cores, '.0f')} | "
+            f"{_f(100 * s.machine_busy(meta['cores']) if s else None, '.0f')} % | "
+            f"{_f(s.others_ms_per_image if s else None, '.2f')} |"
         )
     if policies:
         lines += [
@@ -412,12 +444,14 @@ def to_markdown(meta: dict[str, Any], decode: dict[str, tuple[float, float]],
             )
     lines += [
         "",
-        "Every step of every search (offered rate: images/s, p99 ms, CPU ms per image):",
+        "Every step of every search (offered rate: images/s, p99 ms, gateway CPU ms per image, "
+        "machine busy %):",
         "",
     ]
     for r in [*runs, *policies]:
         steps = ", ".join(
-            f"{s.rate:g}: {s.images_s:.0f}/{_f(s.p99_ms, '.0f')}/{s.cpu_ms_per_image:.2f}"
+            f"{s.rate:g}: {s.images_s:.0f}/{_f(s.p99_ms, '.0f')}/{s.cpu_ms_per_image:.2f}/"
+            f"{100 * s.machine_busy(meta['cores']):.0f}"
             for s in r.search
         )
         lines.append(f"- {r.label}: {steps}")
