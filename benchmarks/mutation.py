@@ -334,12 +334,28 @@ def main(argv: list[str] | None = None) -> int:
     return report(results)
 
 
+def stale_entries(modules: list[str], known: dict[str, Any]) -> list[dict[str, Any]]:
+    """`[[survivor]]` entries of `modules` (source paths) whose line is no longer in the
+    source: the code they explain is gone, so they would only hide a future mutant."""
+    stale = []
+    for module in modules:
+        source = (ROOT / module).read_text(encoding="utf-8")
+        prefix = module.removesuffix(".py").replace("/", ".") + "."
+        for entry in known.get("survivor", []):
+            if entry["function"].startswith(prefix) and entry["minus"] not in source:
+                stale.append(entry)
+    return stale
+
+
 def report(results: list[dict[str, Any]]) -> int:
     """Print the tables; 1 when a survivor is not explained."""
     if results:
         r = results[0]
         print(f"\n{r['machine']}, mutmut {r['mutmut']}\n")
     print(markdown(results))
+    for entry in stale_entries([r["module"] for r in results], load_explanations()):
+        print(f"stale entry in {SURVIVORS_FILE.name} (its line is gone from the source): "
+              f"{entry['function']}: {entry['minus']}", file=sys.stderr)  # fmt: skip
     unexplained = [sv for r in results for sv in r["survivors"] if sv["why"] is None]
     if unexplained:
         print(f"\n{len(unexplained)} survivor(s) UNEXPLAINED: kill them with a test, or say in "
