@@ -6,17 +6,16 @@ results files in `benchmarks/results/`) without TensorFlow.
 
 from __future__ import annotations
 
-import os
-import platform
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import keras
 import tensorflow as tf
 from rich.console import Group
 from rich.table import Table
+
+from benchmarks.machine import machine_info
 
 WHAT = "exported SavedModel serving_default called in-process (no HTTP, not TF Serving)"
 _RESULT_COLS = ("precision", "xla", "fold", "batch", "calls", "images/s", "median ms", "p99 ms",
@@ -25,26 +24,6 @@ _RATIO_COLS = ("ratio", "batch", "held fixed", "images/s", "per round", "median 
                "images/cpu-s")  # fmt: skip
 _PARITY_COLS = ("folded", "unfolded", "top-1 agree", "max abs prob diff", "max rel prob diff",
                 "max prob")  # fmt: skip
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, core count and platform of this machine (what a result was measured on)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        # 1/5/15-minute load when the report is made: on a shared CPU, how contested it was.
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def make_report(

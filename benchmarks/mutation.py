@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -34,6 +33,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from benchmarks.machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 SURVIVORS_FILE = Path(__file__).with_name("mutation_survivors.toml")
@@ -242,15 +243,8 @@ def run_target(
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    info = machine_info()
+    return f"{info['cpu']}, {info['cores']} cores, Python {info['python']}"
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
