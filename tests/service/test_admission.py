@@ -346,6 +346,10 @@ def test_before_any_call_was_timed_the_pause_is_the_minimum() -> None:
     assert OverloadPause().hit(0.0, typical_call_s=None) == pytest.approx(MIN_PAUSE_S)
     with pytest.raises(ValueError, match="min_pause_s"):
         OverloadPause(max_pause_s=0.001, min_pause_s=0.01)
+    with pytest.raises(ValueError, match="min_pause_s"):  # a zero pause would be no back-off
+        OverloadPause(min_pause_s=0.0)
+    fixed = OverloadPause(max_pause_s=0.01, min_pause_s=0.01)  # one fixed length is fine
+    assert fixed.hit(0.0, typical_call_s=None) == fixed.hit(0.0, typical_call_s=None) == 0.01
 
 
 def test_tf_servings_queue_full_is_a_503_that_pauses_admission_not_an_outage(
