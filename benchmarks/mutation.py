@@ -330,13 +330,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def stale_entries(modules: list[str], known: dict[str, Any]) -> list[dict[str, Any]]:
     """`[[survivor]]` entries of `modules` (source paths) whose line is no longer in the
-    source: the code they explain is gone, so they would only hide a future mutant."""
+    source: the code they explain is gone, so they would only hide a future mutant. Spaces
+    are compared collapsed: mutmut prints a change that spans lines (a call's last argument
+    dropped) on one line, e.g. `reducing_gap=_REDUCING_GAP, )`."""
     stale = []
     for module in modules:
-        source = (ROOT / module).read_text(encoding="utf-8")
+        source = " ".join((ROOT / module).read_text(encoding="utf-8").split())
         prefix = module.removesuffix(".py").replace("/", ".") + "."
         for entry in known.get("survivor", []):
-            if entry["function"].startswith(prefix) and entry["minus"] not in source:
+            minus = " ".join(entry["minus"].split())
+            if entry["function"].startswith(prefix) and minus not in source:
                 stale.append(entry)
     return stale
 

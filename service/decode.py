@@ -179,7 +179,7 @@ def _sniff_format(data: bytes) -> str | None:
     for fmt, (_factory, accept) in Image.OPEN.items():
         try:
             if accept is not None and accept(prefix):
-                return "JPEG" if fmt == "MPO" else fmt
+                return fmt
         except Exception:  # a prefix check that cannot read a short prefix: not this format
             continue
     return None
@@ -193,8 +193,9 @@ def _open(data: bytes, limits: DecodeLimits) -> ImageFile.ImageFile:
     the plugins' prefix checks, which read bytes and allocate nothing.
     """
     Image.init()  # every plugin registered, so the allow-list can name any of them
-    wanted = {*limits.allowed_formats, *({"MPO"} if "JPEG" in limits.allowed_formats else set())}
-    allowed = [fmt for fmt in Image.OPEN if fmt in wanted]
+    # No "MPO" entry is needed: Pillow registers no MPO opener; JPEG's factory opens a
+    # multi-picture file and returns an MpoImageFile (PIL/MpoImagePlugin.py, end of file).
+    allowed = [fmt for fmt in Image.OPEN if fmt in limits.allowed_formats]
     try:
         im = Image.open(io.BytesIO(data), formats=allowed)
     except Image.DecompressionBombError as exc:  # only if someone re-armed Pillow's guard

@@ -21,6 +21,13 @@ def test_an_entry_for_a_removed_line_is_stale() -> None:
     assert stale_entries(["service/breaker.py"], {"survivor": [gone, here]}) == [gone]
 
 
+def test_an_entry_for_a_change_across_lines_is_not_stale() -> None:
+    """mutmut prints a dropped last argument with the call's closing bracket on one line."""
+    entry = {"function": "service.decode._decode_opened", "minus": "reducing_gap=_REDUCING_GAP, )",
+             "plus": ")", "why": "-"}  # fmt: skip
+    assert stale_entries(["service/decode.py"], {"survivor": [entry]}) == []
+
+
 def test_a_survivor_is_explained_by_its_entry_or_a_rule_and_nothing_else() -> None:
     known = {
         "rules": {"message": "text only"},

@@ -169,15 +169,49 @@ def _jpeg_dht_first_with_size(w: int, h: int) -> bytes:
     return data[:2] + data[dht : dht + 2 + length] + data[2:]
 
 
+def _scrambled_jpeg() -> bytes:
+    """A 64x48 JPEG with 30 bytes in the middle of its scan flipped: libjpeg gives up on it."""
+    data = bytearray(encode(photo(64, 48), "JPEG"))
+    middle = len(data) // 2
+    data[middle : middle + 30] = bytes(b ^ 0xA5 for b in data[middle : middle + 30])
+    return bytes(data)
+
+
 _JPEG = encode(photo(64, 48), "JPEG", quality=90)
+_SCRAMBLED = _scrambled_jpeg()
+_BIG_JPEG = encode(photo(256, 192), "JPEG")
+_NO_SCAN = _BIG_JPEG[: _BIG_JPEG.find(b"\xff\xda")]  # a header large enough to draft, no scan
 _PNG = encode(photo(64, 48), "PNG")
 _ZERO_JPEG = _jpeg_with_size(16, 0)
 
 REFUSALS = [
     ("empty", b"", EmptyImage, "0 bytes"),
     ("garbage", b"definitely not an image, just text", NotAnImage, "unrecognised format"),
-    ("truncated-jpeg", _JPEG[: len(_JPEG) // 2], TruncatedImage, "JPEG 64x48"),
-    ("truncated-png", _PNG[: len(_PNG) // 2], TruncatedImage, "PNG 64x48"),
+    (  # the message names the size and byte count, and keeps Pillow's reason after its class
+        "truncated-jpeg",
+        _JPEG[: len(_JPEG) // 2],
+        TruncatedImage,
+        f"(JPEG 64x48, {len(_JPEG) // 2} bytes): OSError: ",
+    ),
+    ("truncated-png", _PNG[: len(_PNG) // 2], TruncatedImage, f"PNG 64x48, {len(_PNG) // 2} bytes"),
+    (  # bad entropy-coded data, not a short file: corrupt, not truncated
+        "corrupt-jpeg-scan",
+        _SCRAMBLED,
+        NotAnImage,
+        f"corrupt pixel data (JPEG 64x48, {len(_SCRAMBLED)} bytes): OSError: cannot load this",
+    ),
+    (  # Pillow opens it but has no scan to draft or load
+        "jpeg-without-scan",
+        _NO_SCAN,
+        NotAnImage,
+        f"corrupt pixel data (JPEG 256x192, {len(_NO_SCAN)} bytes)",
+    ),
+    (  # Pillow's message names the file object (<_io.BytesIO object at 0x...>): cut off
+        "png-bad-ihdr-crc",
+        _PNG[:29] + bytes(b ^ 0xFF for b in _PNG[29:33]) + _PNG[33:],
+        NotAnImage,
+        f"corrupt PNG header declaring 64x48 ({len(_PNG)} bytes): UnidentifiedImageError: ",
+    ),
     ("zero-width-png", _png_with_size(0, 4), ZeroSizedImage, "PNG header declares 0x4"),
     ("zero-height-jpeg", _jpeg_with_size(16, 0), ZeroSizedImage, "JPEG header declares 16x0"),
     ("zero-gif", _gif_with_size(0, 0), ZeroSizedImage, "declares 0x0"),
@@ -203,6 +237,8 @@ REFUSALS = [
     ),
     ("tiff", encode(Image.new("RGB", (8, 8)), "TIFF"), UnsupportedFormat, "TIFF"),
     ("ico", encode(Image.new("RGB", (16, 16)), "ICO"), UnsupportedFormat, "ICO"),
+    # Shorter than some plugins' prefix checks (DIB's raises): later plugins still name it.
+    ("ppm-3-bytes", b"P6\n", UnsupportedFormat, "image format PPM is not accepted"),
     ("huge-png", _png_with_size(30000, 30000), ImageTooLarge, "30000x30000 = 900000000"),
     ("huge-jpeg", _jpeg_with_size(30000, 30000), ImageTooLarge, "30000x30000"),
     ("huge-gif", _gif_with_size(30000, 30000), ImageTooLarge, "30000x30000"),
@@ -219,6 +255,7 @@ def test_refusals_raise_their_error_with_a_one_line_message(
         decode(data)
     assert type(info.value) is exc
     assert needle in info.value.detail and "\n" not in info.value.detail
+    assert "<_io." not in info.value.detail
 
 
 def test_pixel_limit_is_checked_on_the_header_before_any_decode() -> None:
@@ -329,7 +366,29 @@ MODES = [
     ),
     ("animated-gif", _animated_gif(), WHITE, RED),
     ("1-bit", encode(Image.new("1", (16, 16), 1), "BMP"), (0, 0, 0), WHITE),
+    # Colour-keyed RGB and L (PNG tRNS without a palette): the key colour is transparent.
+    ("RGB+tRNS", _solid("RGB", (16, 16), RED, transparency=RED), BLUE, BLUE),
+    ("L+tRNS", _solid("L", (16, 16), 7, transparency=7), GREEN, GREEN),
 ]
+
+
+# TIFF (allowed by an operator, not by default) brings modes no default format does: 32-bit
+# float and signed 32-bit integer samples, brought into 0..255 by rounding and clipping.
+HIGH_DEPTH = [
+    ("F", -3.7, 0),
+    ("F", 127.6, 128),
+    ("F", 300.0, 255),
+    ("I", -5, 0),
+    ("I", 40000, 40000 >> 8),  # the high byte, as for 16-bit samples
+    ("I", 70000, 255),
+]
+
+
+@pytest.mark.parametrize(("mode", "value", "grey"), HIGH_DEPTH)
+def test_float_and_32_bit_samples_clip_to_8_bits(mode: str, value: float, grey: int) -> None:
+    data = encode(Image.new(mode, (8, 8), value), "TIFF")
+    out = decode(data, max_image_pixels=10_000, allowed_formats=("TIFF",))
+    assert out.shape == (24, 32, 3) and (out == grey).all(), out[0, 0]
 
 
 @pytest.mark.parametrize(
@@ -396,6 +455,28 @@ def test_exif_orientation_can_be_ignored(fmt: str) -> None:
         pre=Preprocessing(resize="stretch", apply_exif_orientation=False),
     )
     assert np.abs(out[1, 1].astype(int) - GREEN).max() < 40
+    assert np.abs(out[-2, -2].astype(int) - BLUE).max() < 40
+
+
+def _exif_orientation_as_rational(value: int) -> bytes:
+    """EXIF (big-endian TIFF) whose one tag, Orientation, is a RATIONAL value/1, not a SHORT."""
+    entry = struct.pack(">HHII", 0x0112, 5, 1, 26)  # tag, type RATIONAL, count, value offset
+    return b"Exif\0\0MM\0*" + struct.pack(">IH", 8, 1) + entry + struct.pack(">III", 0, value, 1)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "exif"),
+    [
+        ("PNG", b"Exif\0\0garbage!"),  # not a TIFF header: Pillow raises reading it
+        ("JPEG", _exif_orientation_as_rational(6)),  # EXIF says SHORT: 6/1 is not an orientation
+        ("PNG", _exif_orientation_as_rational(6)),
+    ],
+    ids=["broken-exif", "rational-jpeg", "rational-png"],
+)
+def test_an_unreadable_orientation_leaves_the_image_as_stored(fmt: str, exif: bytes) -> None:
+    data = encode(_asymmetric(64, 32), fmt, exif=exif)
+    out = decode(data, spec=InputSpec(height=16, width=32))
+    assert np.abs(out[1, 1].astype(int) - GREEN).max() < 40  # not mirrored, not rotated
     assert np.abs(out[-2, -2].astype(int) - BLUE).max() < 40
 
 
@@ -588,3 +669,75 @@ def test_other_formats_never_reach_their_parsers(
     with pytest.raises(UnsupportedFormat, match=f"image format {fmt} is not accepted"):
         decode(data)
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("stored", "draft"),
+    [
+        ((40, 30), None),  # no room: the JPEG is not drafted at all
+        ((64, 48), 2),  # the smallest draft still runs
+        ((256, 400), 8),  # portrait: each side divided by the scale
+    ],
+)
+def test_jpeg_draft_runs_at_the_planned_scale(
+    monkeypatch: pytest.MonkeyPatch, stored: tuple[int, int], draft: int | None
+) -> None:
+    data = encode(photo(*stored), "JPEG", quality=90)
+    scales: list[int] = []
+    real_draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(
+        self: JpegImagePlugin.JpegImageFile, mode: str | None, size: tuple[int, int] | None
+    ) -> object:
+        result = real_draft(self, mode, size)
+        scales.append(self.decoderconfig[0])
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    out = decode(data)
+    assert scales == ([] if draft is None else [draft]) and out.shape == (24, 32, 3)
+
+
+# ---------------------------------------------------------------- declared_size
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes((0xFF, marker)) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _frame(marker: int, w: int, h: int) -> bytes:
+    """A frame header segment (SOFn layout): precision, height, width, one component."""
+    return _segment(marker, struct.pack(">BHHB", 8, h, w, 1) + b"\x01\x11\x00")
+
+
+_DECOY = struct.pack(">BHHB", 8, 999, 999, 1)  # a segment that reads as 999x999 if taken for SOF
+_SOI = b"\xff\xd8"
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+
+DECLARED = [
+    ("png", _PNG_SIG + struct.pack(">I", 13) + b"IHDR" + struct.pack(">II", 32, 24), "PNG", 32, 24),
+    ("png-first-chunk-not-ihdr", _PNG_SIG + struct.pack(">I", 13) + b"tEXt" + bytes(8), None),
+    ("ihdr-without-signature", bytes(8) + struct.pack(">I", 13) + b"IHDR" + bytes(8), None),
+    *(  # every frame type, baseline to lossless arithmetic (0xCF)
+        (f"sof-{m:x}", _SOI + _frame(m, 32, 24), "JPEG", 32, 24)
+        for m in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
+    ),
+    *(  # DHT, JPG and DAC share the 0xCn range but are not frames; RST0 follows it
+        (f"skips-{m:x}", _SOI + _segment(m, _DECOY) + _frame(0xC0, 32, 24), "JPEG", 32, 24)
+        for m in (0xC4, 0xC8, 0xCC, 0xD0)
+    ),
+    # At most 64 segments are read: a frame as the 64th is found, as the 65th it is not.
+    ("frame-64th", _SOI + _segment(0xFE, b"x") * 63 + _frame(0xC0, 32, 24), "JPEG", 32, 24),
+    ("frame-65th", _SOI + _segment(0xFE, b"x") * 64 + _frame(0xC0, 32, 24), None),
+    ("no-frame", _SOI + _segment(0xFE, b"x") * 3, None),  # the walk stops at the end of data
+    ("cut-in-frame", _SOI + _frame(0xC0, 32, 24)[:7], None),
+]
+
+
+@pytest.mark.parametrize("case", DECLARED, ids=[c[0] for c in DECLARED])
+def test_declared_size_reads_only_real_headers(case: tuple[object, ...]) -> None:
+    from service.decode import declared_size
+
+    data, expected = case[1], case[2:]
+    assert isinstance(data, bytes)
+    assert declared_size(data) == (None if expected == (None,) else expected)
