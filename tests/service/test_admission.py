@@ -332,6 +332,7 @@ def test_a_queue_full_answer_pauses_for_one_typical_call() -> None:
     assert pause.left(0.0) == 0.0
     assert pause.hit(10.0, typical_call_s=0.02) == pytest.approx(0.02)
     assert pause.left(10.01) == pytest.approx(0.01) and pause.left(10.02) == 0.0
+    assert pause.left(11.0) == 0.0  # long over: nothing left, never a negative wait
 
 
 def test_the_pause_doubles_while_the_server_keeps_saying_so_up_to_the_cap() -> None:
