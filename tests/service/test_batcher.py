@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -332,6 +333,7 @@ async def test_a_drain_that_overruns_its_timeout_fails_the_rest_and_returns() ->
     assert len(backend.calls) == 1  # the queued image never reached the model
     with pytest.raises(ShuttingDown):
         await batcher.submit([image(3)], deadline=later())
+    await asyncio.wait_for(batcher.close(timeout_s=0.3), 2)  # idempotent after an overrun too
 
 
 async def test_failed_batches_teach_the_wait_estimate_nothing() -> None:
@@ -642,3 +644,164 @@ async def test_queued_work_waits_out_the_pause_instead_of_failing() -> None:
     waited = asyncio.get_running_loop().time() - t0
     await batcher.close()
     assert out[0].probabilities[0] == 2 and waited >= 0.1  # held for the pause, then served
+
+
+# --------------------------------------------- what callers and metrics see along the way
+
+
+async def test_submit_before_start_is_refused() -> None:
+    batcher = make(RecordingBackend())
+    assert not batcher.running
+    with pytest.raises(ShuttingDown):
+        await batcher.submit([image(1)], deadline=later())
+
+
+async def test_a_two_image_request_gets_both_rows() -> None:
+    batcher = make(RecordingBackend(), max_wait_ms=0)
+    await batcher.start()
+    out = await asyncio.wait_for(batcher.submit([image(3), image(5)], deadline=later()), 5)
+    await batcher.close()
+    assert [r.probabilities[0] for r in out] == [3, 5]
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Poll `condition` every millisecond; fail the test if it is not true in `timeout_s`."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(poll(), timeout_s)
+
+
+async def test_queue_depth_and_inflight_are_reported_live() -> None:
+    backend = RecordingBackend(gate=asyncio.Event())
+    depths: list[int] = []
+    batcher = MicroBatcher(
+        backend, MANIFEST, max_batch_size=2, max_wait_ms=0, max_queue_images=64,
+        max_inflight_batches=2, on_queue_depth=depths.append,
+    )  # fmt: skip
+    await batcher.start()
+    callers = [asyncio.create_task(batcher.submit([image(v)], deadline=later())) for v in range(6)]
+    await until(lambda: len(backend.calls) == 2)
+    await asyncio.sleep(0.01)
+    assert batcher.stats.inflight == 2  # both slots busy, the rest queued
+    assert depths[-1] == batcher.queue_depth == batcher.stats.queue_depth == 6 - 4
+    assert max(depths) >= 2
+    backend.gate.set()  # type: ignore[union-attr]
+    out = await asyncio.wait_for(asyncio.gather(*callers), 5)
+    await batcher.close()
+    assert [r[0].probabilities[0] for r in out] == list(range(6))
+    assert batcher.stats.inflight == 0 and depths[-1] == 0
+
+
+async def test_overloads_and_refusals_are_counted_each_time() -> None:
+    """Two batches answered queue-full count two overloads; refusals count every image."""
+    backend = RecordingBackend(
+        gate=asyncio.Event(), fail_with=[QueueFull("queue is full"), QueueFull("queue is full")]
+    )
+    batcher = make(backend, max_batch_size=1, max_wait_ms=0, max_inflight_batches=2)
+    batcher.wait_estimate.observe(1, 0.5)  # the pause after a queue-full: about 0.5 s
+    await batcher.start()
+    shed = [asyncio.create_task(batcher.submit([image(v)], deadline=later())) for v in (1, 2)]
+    await until(lambda: len(backend.calls) == 2)
+    backend.gate.set()  # type: ignore[union-attr]
+    for caller in shed:
+        with pytest.raises(QueueFull):
+            await asyncio.wait_for(caller, 5)
+    assert batcher.stats.overloaded == 2 and batcher.stats.failed_batches == 2
+    for n in (2, 3):
+        with pytest.raises(QueueFull, match="said its queue is full"):
+            batcher.check_admission(n, deadline=later())
+    assert batcher.stats.rejected == 5
+    await batcher.close(drain=False)
+
+
+async def test_the_wait_estimate_counts_free_slots_and_shares_the_queue() -> None:
+    """Two free slots, full batches of 0.3 s: 16 images wait about 0.3 s (two calls side by
+    side), under a 0.5 s limit; 40 images (five calls, 0.75 s) are refused."""
+    batcher = MicroBatcher(
+        RecordingBackend(), MANIFEST, max_batch_size=8, max_wait_ms=0, max_queue_images=64,
+        max_inflight_batches=2, max_queue_wait_s=0.5,
+    )  # fmt: skip
+    for _ in range(4):
+        batcher.wait_estimate.observe(8, 0.3)
+    await batcher.start()
+    batcher.check_admission(16, deadline=later())
+    with pytest.raises(QueueFull, match="estimated queue wait"):
+        batcher.check_admission(40, deadline=later())
+    assert batcher.stats.rejected == 40
+    await batcher.close()
+
+
+# --------------------------------------------- the linger: waits for company, never longer
+
+
+async def test_a_lone_image_is_sent_when_its_linger_ends(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="service.batcher")
+    batcher = make(RecordingBackend(), max_wait_ms=30)
+    await batcher.start()
+    out = await asyncio.wait_for(batcher.submit([image(4)], deadline=later()), 2)
+    await batcher.close()
+    assert out[0].probabilities[0] == 4
+    assert not caplog.records, "the loop logged trouble in normal operation"
+
+
+async def test_a_batch_that_fills_up_goes_before_its_linger_ends() -> None:
+    backend = RecordingBackend()
+    batcher = make(backend, max_batch_size=4, max_wait_ms=5000)
+    await batcher.start()
+    first = asyncio.create_task(batcher.submit([image(1)], deadline=later()))
+    await asyncio.sleep(0.01)  # lingering: one image of four
+    rest = await asyncio.wait_for(
+        batcher.submit([image(2), image(3), image(4)], deadline=later()), 2
+    )
+    assert (await first)[0].probabilities[0] == 1 and len(rest) == 3
+    assert [rows for rows, _ in backend.calls] == [4]
+    await batcher.close()
+
+
+async def test_close_sends_a_lingering_batch_at_once() -> None:
+    backend = RecordingBackend()
+    batcher = make(backend, max_wait_ms=5000)
+    await batcher.start()
+    lone = asyncio.create_task(batcher.submit([image(6)], deadline=later()))
+    await asyncio.sleep(0.01)
+    assert not backend.calls  # lingering
+    await asyncio.wait_for(batcher.close(), 2)
+    assert lone.done() and lone.result()[0].probabilities[0] == 6
+
+
+async def test_a_linger_sleeps_instead_of_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a batch lingers the loop is idle: a timer, not a dispatch on every loop turn."""
+    batcher = make(RecordingBackend(), max_wait_ms=200)
+    dispatches = 0
+    real = batcher._dispatch
+
+    def counting() -> None:
+        nonlocal dispatches
+        dispatches += 1
+        real()
+
+    monkeypatch.setattr(batcher, "_dispatch", counting)
+    await batcher.start()
+    await asyncio.wait_for(batcher.submit([image(1)], deadline=later()), 5)
+    await batcher.close()
+    assert dispatches <= 5
+
+
+async def test_a_drain_waits_for_the_queue_behind_a_busy_slot() -> None:
+    """close() returns only when the image queued behind the call in flight is answered."""
+    backend = RecordingBackend(gate=asyncio.Event())
+    batcher = make(backend, max_batch_size=1, max_wait_ms=0)
+    await batcher.start()
+    first = asyncio.create_task(batcher.submit([image(1)], deadline=later()))
+    await until(lambda: len(backend.calls) == 1)
+    second = asyncio.create_task(batcher.submit([image(2)], deadline=later()))
+    await until(lambda: batcher.queue_depth == 1)
+    closing = asyncio.create_task(batcher.close())
+    await asyncio.sleep(0.01)
+    backend.gate.set()  # type: ignore[union-attr]
+    await asyncio.wait_for(closing, 5)
+    assert first.done() and second.done() and batcher.queue_depth == 0
+    assert second.result()[0].probabilities[0] == 2
