@@ -16,7 +16,6 @@ import argparse
 import io
 import json
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ import numpy as np
 import PIL
 from PIL import Image, ImageDraw
 
+from benchmarks.machine import machine_info
 from contract.manifest import InputSpec, Preprocessing
 from service.decode import DecodeLimits, configure_pillow, decode_image
 
@@ -85,18 +85,9 @@ def per_image_s(fn: Callable[[], object], seconds: float) -> tuple[float, float]
 
 
 def machine() -> dict[str, str]:
-    model, cores = "unknown", "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
-        for line in out.splitlines():
-            key, _, val = line.partition(":")
-            if key.strip() == "Model name":
-                model = val.strip()
-            elif key.strip() == "CPU(s)":
-                cores = val.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"cpu": model, "cores": cores, "platform": platform.platform()}
+    """CPU model, core count and platform (the fields this report and the ceiling show)."""
+    info = machine_info()
+    return {"cpu": info["cpu"], "cores": str(info["cores"]), "platform": info["platform"]}
 
 
 def run(rounds: int, seconds: float) -> list[dict[str, object]]:
