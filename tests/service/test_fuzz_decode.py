@@ -13,6 +13,39 @@ RUNS = int(os.environ.get("FUZZ_RUNS", "4000"))
 # libFuzzer pick a new one, as the longer documented runs do.
 SEED = int(os.environ.get("FUZZ_SEED", "1"))
 
+# libFuzzer's -rss_limit_mb watches the process's *peak* RSS (getrusage's ru_maxrss), and Linux
+# carries a peak across exec from the process that spawned it: subprocess starts a child with
+# vfork, so the fuzzer began at pytest's own peak (2.5 GB late in `make test`, with TensorFlow
+# models loaded) and reported "out-of-memory" on an innocent input, in two fresh-clone runs.
+# This launcher forks (the child's peak is the small launcher's) and execs the fuzzer there.
+LAUNCH = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execv(sys.argv[1], sys.argv[1:])\n"
+    "sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n"
+)
+
+
+def with_own_peak_rss(cmd: list[str]) -> list[str]:
+    """`cmd`, started so that its peak RSS counts only its own memory."""
+    return [sys.executable, "-c", LAUNCH, *cmd]
+
+
+def test_the_fuzzer_starts_with_its_own_peak_rss() -> None:
+    np = pytest.importorskip("numpy")
+    big = np.ones(400_000_000 // 8)  # raise this process's peak RSS by 400 MB, then free it
+    del big
+    probe = "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
+    plain = int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                               check=True, timeout=60).stdout)  # fmt: skip
+    launched = int(subprocess.run(with_own_peak_rss([sys.executable, "-c", probe]),
+                                  capture_output=True, text=True, check=True,
+                                  timeout=60).stdout)  # fmt: skip
+    if plain < 400:
+        pytest.skip(f"this kernel does not carry a peak RSS across exec ({plain} MB)")
+    assert launched < 200, f"the launched child started at a {launched} MB peak"
+
 
 def test_decode_survives_fuzzing(tmp_path: Path) -> None:
     pytest.importorskip(
@@ -24,16 +57,18 @@ def test_decode_survives_fuzzing(tmp_path: Path) -> None:
         [sys.executable, str(ROOT / "fuzz/make_corpus.py"), str(corpus)], check=True, env=env
     )
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "fuzz/fuzz_decode.py"),
-            f"-runs={RUNS}",
-            f"-seed={SEED}",
-            "-max_total_time=60",
-            "-rss_limit_mb=2048",
-            "-timeout=10",
-            str(corpus),
-        ],
+        with_own_peak_rss(
+            [
+                sys.executable,
+                str(ROOT / "fuzz/fuzz_decode.py"),
+                f"-runs={RUNS}",
+                f"-seed={SEED}",
+                "-max_total_time=60",
+                "-rss_limit_mb=2048",
+                "-timeout=10",
+                str(corpus),
+            ]
+        ),
         capture_output=True,
         text=True,
         timeout=180,
