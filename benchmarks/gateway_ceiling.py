@@ -19,13 +19,17 @@ Reported, each from the same run:
   from /proc), its CPU per request minus the decode-only CPU per image ("excluding decode").
 - **efficiency**: max images/s divided by decode-only images/s.
 - **scaling**: max images/s with N processes over 1 process.
+- **two ports** (`--two-ports`): the baseline the one-port mode must match: two separate
+  one-process gateways on two ports, the load split evenly between them (two load tester
+  processes, each at half the rate, started together; a step passes only when both halves
+  pass, and its p50/p99 are the worse half's).
 - **cores for one H100**: 23,000 images/s (ResNet-50 bf16) divided by images per CPU-second.
 - **batching policy** (`--policies`): the fixed 5 ms window with one call in flight (the
   gateway before issue 16) against sending at once with 1, 2 or 4 calls in flight: p50 of
   lone requests at a low rate, and the max rate.
 
     python -m benchmarks.gateway_ceiling [--workers 1,2] [--sizes 640x480,1920x1080]
-        [--duration 6] [--policies] [--quick]
+        [--duration 6] [--policies] [--two-ports] [--quick]
 """
 
 from __future__ import annotations
@@ -152,10 +156,10 @@ def _machine_busy_s() -> float:
 
 @dataclass
 class CpuSampler:
-    """CPU seconds of a process tree (and of the whole machine), sampled with wall-clock
-    stamps in a thread."""
+    """CPU seconds of a process tree, or of several (and of the whole machine), sampled with
+    wall-clock stamps in a thread."""
 
-    pid: int
+    pid: int | tuple[int, ...]
     interval_s: float = 0.1
     samples: list[tuple[float, float]] = field(default_factory=list)
     machine: list[tuple[float, float]] = field(default_factory=list)
@@ -171,7 +175,8 @@ class CpuSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             now = time.time()
-            self.samples.append((now, _tree_ticks(self.pid) / CLK_TCK))
+            pids = self.pid if isinstance(self.pid, tuple) else (self.pid,)
+            self.samples.append((now, sum(_tree_ticks(p) for p in pids) / CLK_TCK))
             self.machine.append((now, _machine_busy_s()))
             self._stop.wait(self.interval_s)
 
@@ -302,6 +307,73 @@ def run_gateway(
     return run
 
 
+def run_two_ports(
+    label: str, size: str, images: Path, tfs: str, model_base: Path, args: argparse.Namespace,
+    work: Path, start_rate: float,
+) -> Run:  # fmt: skip
+    """The baseline for `--workers 2`: two one-process gateways on two ports, each offered half
+    of every step's rate by its own load tester, both started together."""
+    run = Run(label, size, 2, {"ports": 2})
+    values = {"backend": "tfserving", "tfserving_address": tfs, "model_name": MODEL, "workers": 1}
+    with contextlib.ExitStack() as stack:
+        gws = [stack.enter_context(gateway(model_base, work / f"{label}-{i}.log", **values))
+               for i in range(2)]  # fmt: skip
+        cpu = stack.enter_context(CpuSampler(tuple(gw.pid for gw in gws)))
+        body = next(images.iterdir()).read_bytes()
+        for gw in gws:
+            for _ in range(20):
+                httpx.post(f"{gw.url}/v1/classify", content=body,
+                           headers={"content-type": "image/jpeg"}, timeout=10)  # fmt: skip
+        timing = ["--duration", str(args.duration), "--warmup", str(args.warmup)]
+        urls = [gw.url for gw in gws]
+
+        def split(rate: float, name: str) -> Step:
+            halves: list[Step | None] = [None, None]
+
+            def one(i: int) -> None:
+                result = loadtest(urls[i], images, work / f"{name}-{i}",
+                                  ["--rate", f"{rate / 2:g}", *timing], 600)  # fmt: skip
+                halves[i] = steps_of(result, cpu)[0]
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            a, b = halves
+            if a is None or b is None:
+                raise RuntimeError(f"a load tester of {label} failed (see its log above)")
+            return merge_halves(a, b)
+
+        def step(rate: float, i: int) -> Step:
+            s = split(rate, f"{label}-{i}")
+            run.search.append(s)
+            return s
+
+        run.max_rate = find_max_rate(step, start_rate, args)
+        if run.max_rate:
+            run.at80 = split(round(0.8 * run.max_rate), f"{label}-80")
+    print(f"{label}: max {run.max_rate} img/s; at 80 %: {run.at80}", flush=True)
+    return run
+
+
+def merge_halves(a: Step, b: Step) -> Step:
+    """One step from two load testers run side by side: counts add up; the latencies are the
+    worse half's (a p99 of the union lies between the halves' p99s); CPU is of both gateways
+    over the same window, read by each half, so averaged."""
+
+    def worse(x: float | None, y: float | None) -> float | None:
+        return None if x is None or y is None else max(x, y)
+
+    return Step(
+        rate=a.rate + b.rate, images_s=a.images_s + b.images_s, p50_ms=worse(a.p50_ms, b.p50_ms),
+        p99_ms=worse(a.p99_ms, b.p99_ms), errors=a.errors + b.errors,
+        queue_p50_ms=worse(a.queue_p50_ms, b.queue_p50_ms), cpu_s=(a.cpu_s + b.cpu_s) / 2,
+        images=a.images + b.images, machine_cpu_s=(a.machine_cpu_s + b.machine_cpu_s) / 2,
+        window_s=(a.window_s + b.window_s) / 2,
+    )  # fmt: skip
+
+
 def _step(url: str, images: Path, out: Path, rate: float, timing: list[str], cpu: CpuSampler,
           run: Run) -> Step:  # fmt: skip
     step = steps_of(loadtest(url, images, out, ["--rate", f"{rate:g}", *timing], 600), cpu)[0]
@@ -409,7 +481,8 @@ def to_markdown(meta: dict[str, Any], decode: dict[str, tuple[float, float]],
         excl = s.cpu_ms_per_image - dec_cpu * 1000 if s else None
         cores = H100_IMAGES_S / s.images_per_cpu_s if s and s.images_per_cpu_s else None
         lines.append(
-            f"| {r.size} | {r.workers} | {_f(r.max_rate, '.0f')} | {eff:.2f} | "
+            f"| {r.size} | {r.workers}{' on two ports' if r.settings.get('ports') else ''} | "
+            f"{_f(r.max_rate, '.0f')} | {eff:.2f} | "
             f"{_f(scale, '.2f')}x | {_f(s.p50_ms if s else None)} / {_f(s.p99_ms if s else None)} | "
             f"{_f(s.images_per_cpu_s if s else None, '.0f')} | "
             f"{_f(s.cpu_ms_per_image if s else None, '.2f')} | {_f(excl, '.2f')} | "
@@ -417,6 +490,14 @@ def to_markdown(meta: dict[str, Any], decode: dict[str, tuple[float, float]],
             f"{_f(100 * s.machine_busy(meta['cores']) if s else None, '.0f')} % | "
             f"{_f(s.others_ms_per_image if s else None, '.2f')} |"
         )
+    for size in dict.fromkeys(r.size for r in runs):
+        one_port = [r.max_rate for r in runs if r.size == size and r.workers == 2
+                    and not r.settings.get("ports")]  # fmt: skip
+        two_ports = [r.max_rate for r in runs if r.size == size and r.settings.get("ports")]
+        if one_port and two_ports and one_port[0] and two_ports[0]:
+            lines += ["", f"{size}: 2 processes behind one port reach "
+                      f"{one_port[0] / two_ports[0]:.2f}x the images/s of two one-process "
+                      "gateways on two ports, measured in this run."]  # fmt: skip
     if policies:
         lines += [
             "",
@@ -470,6 +551,9 @@ def main() -> None:
     parser.add_argument("--per-image-ms", type=float, default=Speed.per_image_ms)
     parser.add_argument("--decode-seconds", type=float, default=5.0)
     parser.add_argument("--policies", action="store_true", help="also compare batching policies")
+    parser.add_argument("--two-ports", action="store_true",
+                        help="also measure two one-process gateways on two ports (the baseline "
+                        "for 2 processes behind one port)")  # fmt: skip
     parser.add_argument("--low-rate", type=float, default=20.0, help="lone-request rate (policies)")
     parser.add_argument("--policy-window-ms", type=float, default=2.0,
                         help="the double's batching window for --policies (TF Serving's "
@@ -504,6 +588,10 @@ def main() -> None:
                     start = max(10.0, round(decode[size][0] * min(n, cores) / cores / 4, -1))
                     runs.append(run_gateway(f"{size} x{n}", size, folders[size], n, tfs, base,
                                             args, work, start))  # fmt: skip
+                if args.two_ports:
+                    start = max(10.0, round(decode[size][0] * min(2, cores) / cores / 4, -1))
+                    runs.append(run_two_ports(f"{size} two ports", size, folders[size], tfs,
+                                              base, args, work, start))  # fmt: skip
         if args.policies:  # against a double that merges calls as TF Serving's batching does
             window = Speed(args.base_ms, args.per_image_ms, batch_timeout_ms=args.policy_window_ms)
             with spawn(base, MODEL, speed=window, log=work / "double-window.log") as tfs:
