@@ -232,3 +232,11 @@ def resized(sig_map: Any, *, side: int | None = None, classes: int | None = None
             if classes is not None and key == OUTPUT_PROBABILITIES:
                 info.tensor_shape.dim[1].size = classes
     return out
+
+
+async def until(condition: Callable[[], Any], timeout_s: float = 10.0) -> None:
+    """Poll `condition` every 10 ms; fail the test if it is not true within `timeout_s`."""
+    end = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < end, "condition not reached in time"
+        await asyncio.sleep(0.01)

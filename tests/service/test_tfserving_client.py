@@ -33,7 +33,7 @@ from service.errors import (
 )
 from testdoubles.standin import Fault, ServerOptions, StandIn
 from testdoubles.tfs_batching import BatchingOptions
-from tests.service.scripted_tfserving import ScriptedTFServing, resized
+from tests.service.scripted_tfserving import ScriptedTFServing, resized, until
 from tests.service.versions import (
     export_serving_a_wrong_contract,
     export_version,
@@ -132,9 +132,9 @@ async def test_full_tf_serving_queue_is_503_and_leaves_the_breaker_closed(
         server.faults.set(Fault(predict_delay_s=1.5), model="tiny")
         try:
             running = asyncio.create_task(backend.predict(_images(8), timeout_s=10))
-            await _until(lambda: server.batch_stats() == (1, 0))  # on the one batch thread
+            await until(lambda: server.batch_stats() == (1, 0))  # on the one batch thread
             queued = asyncio.create_task(backend.predict(_images(8), timeout_s=10))
-            await _until(lambda: server.batch_stats() == (1, 1))  # the queue's one batch
+            await until(lambda: server.batch_stats() == (1, 1))  # the queue's one batch
             with pytest.raises(QueueFull) as info:
                 await backend.predict(_images(8), timeout_s=10)
             assert info.value.status == 503
@@ -149,13 +149,6 @@ async def test_full_tf_serving_queue_is_503_and_leaves_the_breaker_closed(
         finally:
             server.faults.clear()
             await backend.close()
-
-
-async def _until(condition: Any, timeout_s: float = 10.0) -> None:
-    end = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < end, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def _float_reply(values: list[float], shape: tuple[int, ...]) -> Any:

@@ -9,6 +9,8 @@ mutation check), or, for the schedules of retries and start-up polls, a fake clo
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -32,6 +34,7 @@ from tests.service.scripted_tfserving import (
     metadata_reply,
     resized,
     signature_map,
+    until,
 )
 
 
@@ -46,9 +49,16 @@ class Export:
         self.metadata = metadata_reply(self.signatures)
 
     def version(
-        self, v: int, *, side: int | None = None, classes: int | None = None, **fields: Any
+        self,
+        v: int,
+        *,
+        state: State = State.AVAILABLE,
+        side: int | None = None,
+        classes: int | None = None,
+        **fields: Any,
     ) -> ScriptedVersion:
-        """Version `v` serving its manifest over `serving_manifest`, resized as asked."""
+        """Version `v` in `state`, serving its manifest over `serving_manifest`, resized as
+        asked (`fields`: other manifest fields)."""
         m = self.manifest
         update: dict[str, Any] = {"model_version": v, **fields}
         if side is not None:
@@ -56,7 +66,7 @@ class Export:
         if classes is not None:
             update["labels"] = tuple(f"class_{i}" for i in range(classes))
         signatures = resized(self.signatures, side=side, classes=classes)
-        return ScriptedVersion(manifest=m.model_copy(update=update), signatures=signatures)
+        return ScriptedVersion(state, manifest=m.model_copy(update=update), signatures=signatures)
 
 
 @pytest.fixture(scope="module")
@@ -104,11 +114,14 @@ def _versions_asked(server: ScriptedTFServing, rpc: str, signature: str = "") ->
     ]
 
 
-async def _until(condition: Any, timeout_s: float = 10.0) -> None:
-    end = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < end, "condition not reached in time"
-        await asyncio.sleep(0.01)
+@contextlib.asynccontextmanager
+async def _started(backend: TFServingBackend) -> AsyncIterator[TFServingBackend]:
+    """`backend`, started; closed after the block."""
+    await backend.start()
+    try:
+        yield backend
+    finally:
+        await backend.close()
 
 
 # ------------------------------------------------------------------------ a pinned version
@@ -121,17 +134,12 @@ async def test_a_pinned_version_is_the_one_started_and_watched(
     readiness follows v1 (gone: not ready), not whatever else the server has."""
     versions = {1: export.version(1), 2: export.version(2)}
     async with ScriptedTFServing(export.metadata, versions=versions) as server:
-        backend = TFServingBackend.from_settings(
-            _settings(server.address, tmp_path, model_version=1)
-        )
-        await backend.start()
-        try:
+        settings = _settings(server.address, tmp_path, model_version=1)
+        async with _started(TFServingBackend.from_settings(settings)) as backend:
             assert backend.manifest.model_version == 1
             assert set(_versions_asked(server, "GetModelStatus")) == {1}
             versions[1].state = State.END  # v1 unloaded; v2 still AVAILABLE
             assert await backend.ready() is False
-        finally:
-            await backend.close()
 
 
 # ---------------------------------------------------------------- versions and their contracts
@@ -142,22 +150,20 @@ async def test_each_version_has_its_own_contract(export: Export, tmp_path: Path)
     it against v1's metadata, not the latest's; asked again it comes from the cache; a version
     whose messages fit the channel does not re-open it."""
     versions = {1: export.version(1), 2: export.version(2, side=224)}
-    async with ScriptedTFServing(export.metadata, versions=versions) as server:
-        backend = _client(server.address, tmp_path)
-        await backend.start()
-        try:
-            assert backend.manifest.input.height == 224  # the latest, at start
-            channel = backend._channel
-            older = await backend.contract("tiny", 1)
-            assert (older.model_version, older.input.height) == (1, 8)
-            assert _versions_asked(server, "Predict", SIGNATURE_MANIFEST) == [2, 1]
-            assert _versions_asked(server, "GetModelMetadata") == [2, 1]
-            asked = len(server.requests)
-            assert await backend.contract("tiny", 1) is older
-            assert len(server.requests) == asked  # cached: nothing asked again
-            assert backend._channel is channel  # v1's buckets fit the channel v2 sized
-        finally:
-            await backend.close()
+    async with (
+        ScriptedTFServing(export.metadata, versions=versions) as server,
+        _started(_client(server.address, tmp_path)) as backend,
+    ):
+        assert backend.manifest.input.height == 224  # the latest, at start
+        channel = backend._channel
+        older = await backend.contract("tiny", 1)
+        assert (older.model_version, older.input.height) == (1, 8)
+        assert _versions_asked(server, "Predict", SIGNATURE_MANIFEST) == [2, 1]
+        assert _versions_asked(server, "GetModelMetadata") == [2, 1]
+        asked = len(server.requests)
+        assert await backend.contract("tiny", 1) is older
+        assert len(server.requests) == asked  # cached: nothing asked again
+        assert backend._channel is channel  # v1's buckets fit the channel v2 sized
 
 
 async def test_a_reply_from_a_version_not_checked_yet_reads_with_its_contract(
@@ -165,37 +171,30 @@ async def test_a_reply_from_a_version_not_checked_yet_reads_with_its_contract(
 ) -> None:
     """Unpinned Predicts go to TF Serving's latest; when v2 became AVAILABLE after start, the
     reply names v2 and is read with v2's contract (fetched then), not v1's."""
-    versions = {1: export.version(1), 2: export.version(2, classes=5)}
-    versions[2].state = State.LOADING
-    async with ScriptedTFServing(
-        export.metadata, _probabilities_of(5), versions=versions
-    ) as server:
-        backend = _client(server.address, tmp_path)
-        await backend.start()
-        try:
-            assert backend.manifest.num_classes == 3
-            versions[2].state = State.AVAILABLE
-            probs = await backend.predict(_images(2), timeout_s=5)
-            assert probs.shape == (2, 5)
-            assert backend.manifest.model_version == 2
-        finally:
-            await backend.close()
+    versions = {1: export.version(1), 2: export.version(2, state=State.LOADING, classes=5)}
+    async with (
+        ScriptedTFServing(export.metadata, _probabilities_of(5), versions=versions) as server,
+        _started(_client(server.address, tmp_path)) as backend,
+    ):
+        assert backend.manifest.num_classes == 3
+        versions[2].state = State.AVAILABLE
+        probs = await backend.predict(_images(2), timeout_s=5)
+        assert probs.shape == (2, 5)
+        assert backend.manifest.model_version == 2
 
 
 async def test_versions_report_a_failed_load_with_its_error(export: Export, tmp_path: Path) -> None:
     """GetModelStatus lists a failed load as END with the load error in its status."""
     versions = {1: export.version(1), 2: export.version(2)}
     versions[2].state, versions[2].load_error = State.END, "Could not load SavedModel at /m/2"
-    async with ScriptedTFServing(export.metadata, versions=versions, labels={"stable": 1}) as s:
-        backend = _client(s.address, tmp_path)
-        await backend.start()
-        try:
-            view = await backend.versions("tiny", ("stable",))
-            assert view.states == {1: "AVAILABLE", 2: "END"}
-            assert view.errors == {2: "Could not load SavedModel at /m/2"}
-            assert view.labels == {"stable": 1}
-        finally:
-            await backend.close()
+    async with (
+        ScriptedTFServing(export.metadata, versions=versions, labels={"stable": 1}) as s,
+        _started(_client(s.address, tmp_path)) as backend,
+    ):
+        view = await backend.versions("tiny", ("stable",))
+        assert view.states == {1: "AVAILABLE", 2: "END"}
+        assert view.errors == {2: "Could not load SavedModel at /m/2"}
+        assert view.labels == {"stable": 1}
 
 
 @pytest.mark.parametrize("hang", ["GetModelMetadata/label", f"Predict/{SIGNATURE_MANIFEST}"])
@@ -269,7 +268,7 @@ async def test_start_twice_and_at_once(export: Export, tmp_path: Path) -> None:
         backend = _client(server.address, tmp_path)
         first = asyncio.create_task(backend.start())
         try:
-            await _until(lambda: server.asked("GetModelStatus"))  # LOADING: it polls again
+            await until(lambda: server.asked("GetModelStatus"))  # LOADING: it polls again
             await backend.start()
             assert backend.manifest.model_version == 1
             await first
@@ -289,7 +288,7 @@ async def test_not_ready_until_the_contract_is_checked(export: Export, tmp_path:
         backend = _client(server.address, tmp_path)
         starting = asyncio.create_task(backend.start())
         try:
-            await _until(lambda: server.asked("GetModelMetadata"))
+            await until(lambda: server.asked("GetModelMetadata"))
             assert await backend.ready() is False
         finally:
             starting.cancel()
@@ -301,18 +300,16 @@ async def test_an_open_circuit_answers_not_ready_without_touching_the_cache(
 ) -> None:
     """While the breaker is open ready() is False at once; once it closes, the last answer
     from the server (cached for ready_cache_s) is ready again."""
-    async with ScriptedTFServing(export.metadata, versions={1: export.version(1)}) as server:
-        backend = _client(server.address, tmp_path, ready_cache_s=60.0)
-        await backend.start()
-        try:
-            assert await backend.ready() is True
-            for _ in range(backend.breaker.failure_threshold):
-                backend.breaker.record_failure()
-            assert await backend.ready() is False
-            backend.breaker.record_success()
-            assert await backend.ready() is True
-        finally:
-            await backend.close()
+    async with (
+        ScriptedTFServing(export.metadata, versions={1: export.version(1)}) as server,
+        _started(_client(server.address, tmp_path, ready_cache_s=60.0)) as backend,
+    ):
+        assert await backend.ready() is True
+        for _ in range(backend.breaker.failure_threshold):
+            backend.breaker.record_failure()
+        assert await backend.ready() is False
+        backend.breaker.record_success()
+        assert await backend.ready() is True
 
 
 async def test_a_readiness_check_that_gets_no_answer_is_false_within_a_second(
@@ -321,16 +318,14 @@ async def test_a_readiness_check_that_gets_no_answer_is_false_within_a_second(
     """/readyz must answer inside the kubelet's probe timeout (3 s in deploy/k8s) and the
     gateway's own 2 s bound: ready() gives GetModelStatus at most 1 s, whatever
     connect_timeout_s is, and says False (not None) when it runs out."""
-    async with ScriptedTFServing(export.metadata, versions={1: export.version(1)}) as server:
-        backend = _client(server.address, tmp_path, connect_timeout_s=5.0)
-        await backend.start()
-        try:
-            server.hang.add("GetModelStatus")
-            t0 = asyncio.get_running_loop().time()
-            assert await asyncio.wait_for(backend.ready(), 5) is False
-            assert asyncio.get_running_loop().time() - t0 < 1.8
-        finally:
-            await backend.close()
+    async with (
+        ScriptedTFServing(export.metadata, versions={1: export.version(1)}) as server,
+        _started(_client(server.address, tmp_path, connect_timeout_s=5.0)) as backend,
+    ):
+        server.hang.add("GetModelStatus")
+        t0 = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(backend.ready(), 5) is False
+        assert asyncio.get_running_loop().time() - t0 < 1.8
 
 
 @pytest.mark.parametrize("hang", [True, False], ids=["status-hangs", "never-available"])
@@ -339,8 +334,7 @@ async def test_from_settings_bounds_start_by_its_timeouts(
 ) -> None:
     """backend_connect_timeout_s bounds each status poll and startup_timeout_s the whole
     wait; the error says why it gave up."""
-    version = export.version(1)
-    version.state = State.LOADING
+    version = export.version(1, state=State.LOADING)
     async with ScriptedTFServing(export.metadata, versions={1: version}) as server:
         if hang:
             server.hang.add("GetModelStatus")
@@ -361,16 +355,14 @@ async def test_a_large_label_set_fits_the_channel(export: Export, tmp_path: Path
     default receive limit and larger than the request; the channel is sized for it."""
     classes, buckets = 21_843, (1, 8, 64)
     version = export.version(1, classes=classes, batch_buckets=buckets)
-    async with ScriptedTFServing(
-        export.metadata, _probabilities_of(classes), versions={1: version}
-    ) as server:
-        backend = _client(server.address, tmp_path)
-        await backend.start()
-        try:
-            probs = await backend.predict(_images(64), timeout_s=10)
-            assert probs.shape == (64, classes)
-        finally:
-            await backend.close()
+    async with (
+        ScriptedTFServing(
+            export.metadata, _probabilities_of(classes), versions={1: version}
+        ) as server,
+        _started(_client(server.address, tmp_path)) as backend,
+    ):
+        probs = await backend.predict(_images(64), timeout_s=10)
+        assert probs.shape == (64, classes)
 
 
 async def test_growing_the_channel_lets_calls_on_the_old_one_finish_then_closes_it(
@@ -378,28 +370,24 @@ async def test_growing_the_channel_lets_calls_on_the_old_one_finish_then_closes_
 ) -> None:
     """A bigger version re-opens the channel: a Predict already on the old channel still gets
     its answer, then the old channel is closed and forgotten."""
-    versions = {1: export.version(1), 2: export.version(2, side=224, batch_buckets=(1, 64))}
-    versions[2].state = State.LOADING
-    async with ScriptedTFServing(
-        export.metadata, _probabilities_of(3), versions=versions
-    ) as server:
-        backend = _client(server.address, tmp_path)
-        await backend.start()
-        try:
-            old = backend._channel
-            assert old is not None
-            server.predict_delay_s = 0.5
-            running = asyncio.create_task(backend.predict(_images(2), timeout_s=5, version=1))
-            await _until(lambda: server.asked("Predict")[-1].model_spec.signature_name
-                         == SIGNATURE_PIXELS)  # fmt: skip
-            versions[2].state = State.AVAILABLE
-            await backend.contract("tiny", 2)  # 64 x 224 x 224 x 3: the channel grows
-            assert backend._channel is not old
-            assert (await running).shape == (2, 3)
-            await _until(lambda: not backend._retired)
-            assert old.get_state() is grpc.ChannelConnectivity.SHUTDOWN
-        finally:
-            await backend.close()
+    bigger = export.version(2, state=State.LOADING, side=224, batch_buckets=(1, 64))
+    versions = {1: export.version(1), 2: bigger}
+    async with (
+        ScriptedTFServing(export.metadata, _probabilities_of(3), versions=versions) as server,
+        _started(_client(server.address, tmp_path)) as backend,
+    ):
+        old = backend._channel
+        assert old is not None
+        server.predict_delay_s = 0.5
+        running = asyncio.create_task(backend.predict(_images(2), timeout_s=5, version=1))
+        await until(lambda: server.asked("Predict")[-1].model_spec.signature_name
+                     == SIGNATURE_PIXELS)  # fmt: skip
+        versions[2].state = State.AVAILABLE
+        await backend.contract("tiny", 2)  # 64 x 224 x 224 x 3: the channel grows
+        assert backend._channel is not old
+        assert (await running).shape == (2, 3)
+        await until(lambda: not backend._retired)
+        assert old.get_state() is grpc.ChannelConnectivity.SHUTDOWN
 
 
 # ------------------------------------------------------------------- schedules, on a fake clock
