@@ -69,7 +69,7 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "tfserving",
         "service/backends/tfserving.py",
-        ("tests/service/test_tfserving_client.py",),
+        ("tests/service/test_tfserving_client.py", "tests/service/test_tfserving_lifecycle.py"),
         isolation="forkserver",
     ),
 )

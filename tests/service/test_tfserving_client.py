@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ import pytest
 
 from contract import tfs_grpc, tfs_protos, wire
 from contract.manifest import MANIFEST_RELPATH, read_manifest
-from contract.signatures import OUTPUT_PROBABILITIES, SIGNATURE_MANIFEST
-from service.backends.tfserving import TFS_NO_SIGNATURE, TFServingBackend, probabilities
+from contract.signatures import OUTPUT_PROBABILITIES
+from service.backends.tfserving import TFServingBackend, probabilities
 from service.breaker import CircuitBreaker, State
 from service.errors import (
     BackendError,
@@ -33,6 +33,7 @@ from service.errors import (
 )
 from testdoubles.standin import Fault, ServerOptions, StandIn
 from testdoubles.tfs_batching import BatchingOptions
+from tests.service.scripted_tfserving import ScriptedTFServing, resized, until
 from tests.service.versions import (
     export_serving_a_wrong_contract,
     export_version,
@@ -131,9 +132,9 @@ async def test_full_tf_serving_queue_is_503_and_leaves_the_breaker_closed(
         server.faults.set(Fault(predict_delay_s=1.5), model="tiny")
         try:
             running = asyncio.create_task(backend.predict(_images(8), timeout_s=10))
-            await _until(lambda: server.batch_stats() == (1, 0))  # on the one batch thread
+            await until(lambda: server.batch_stats() == (1, 0))  # on the one batch thread
             queued = asyncio.create_task(backend.predict(_images(8), timeout_s=10))
-            await _until(lambda: server.batch_stats() == (1, 1))  # the queue's one batch
+            await until(lambda: server.batch_stats() == (1, 1))  # the queue's one batch
             with pytest.raises(QueueFull) as info:
                 await backend.predict(_images(8), timeout_s=10)
             assert info.value.status == 503
@@ -148,13 +149,6 @@ async def test_full_tf_serving_queue_is_503_and_leaves_the_breaker_closed(
         finally:
             server.faults.clear()
             await backend.close()
-
-
-async def _until(condition: Any, timeout_s: float = 10.0) -> None:
-    end = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < end, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def _float_reply(values: list[float], shape: tuple[int, ...]) -> Any:
@@ -475,6 +469,10 @@ async def test_the_channel_carries_the_largest_bucket(
         10_000,
     )
     assert options["grpc.enable_retries"] == 0  # we retry, within the request's budget
+    # Keepalive pings go on while the channel is idle (0: no limit on pings without data), so
+    # a dead connection is found before a request is sent on it.
+    assert options["grpc.keepalive_permit_without_calls"] == 1
+    assert options["grpc.http2.max_pings_without_data"] == 0
     assert options["grpc.max_reconnect_backoff_ms"] <= 1000
 
 
@@ -509,77 +507,6 @@ async def test_ready_answers_from_its_cache_between_checks(
         await backend.close()
 
 
-class ScriptedTFServing:
-    """A gRPC server speaking TF Serving's API with scripted answers: version 1 AVAILABLE, the
-    stand-in's own metadata (or none, ever), no serving_manifest signature (an older export,
-    so the manifest comes from disk) and Predict replies built by `predict`."""
-
-    def __init__(
-        self,
-        metadata: Any,
-        predict: Callable[[Any], Any] | None = None,
-        *,
-        loading_polls: int = 0,
-        status_hangs: bool = False,
-    ) -> None:
-        self.metadata, self.predict = metadata, predict
-        self.loading_polls, self.status_hangs = loading_polls, status_hangs
-        self.server = grpc.aio.server()
-
-    async def _status(self, request: Any, context: Any) -> Any:
-        if self.status_hangs:
-            await asyncio.sleep(60)
-        reply = tfs_protos.GetModelStatusResponse()
-        state = tfs_protos.ModelVersionState
-        loading = self.loading_polls > 0
-        self.loading_polls -= 1
-        reply.model_version_status.add(
-            version=1, state=state.LOADING if loading else state.AVAILABLE
-        )
-        return reply
-
-    async def _metadata(self, request: Any, context: Any) -> Any:
-        if self.metadata is None:
-            await asyncio.sleep(60)  # a server that never answers
-        return self.metadata
-
-    async def _predict(self, request: Any, context: Any) -> Any:
-        if request.model_spec.signature_name == SIGNATURE_MANIFEST:
-            # An export from before serving_manifest: the backend reads the manifest on disk.
-            message = TFS_NO_SIGNATURE.format(SIGNATURE_MANIFEST)
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
-        assert self.predict is not None
-        reply = self.predict(request)
-        if not reply.HasField("model_spec"):  # TF Serving names the version that answered
-            reply.model_spec.name = request.model_spec.name
-            reply.model_spec.version.value = 1
-        return reply
-
-    async def __aenter__(self) -> str:
-        def handler(method: tfs_grpc.Method, fn: Any) -> Any:
-            return grpc.unary_unary_rpc_method_handler(
-                fn,
-                request_deserializer=method.request.FromString,
-                response_serializer=method.response.SerializeToString,
-            )
-
-        by_service: dict[str, dict[str, Any]] = {}
-        for method, fn in ((tfs_grpc.GET_MODEL_STATUS, self._status),
-                           (tfs_grpc.GET_MODEL_METADATA, self._metadata),
-                           (tfs_grpc.PREDICT, self._predict)):  # fmt: skip
-            service, name = method.path.strip("/").split("/")
-            by_service.setdefault(service, {})[name] = handler(method, fn)
-        self.server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler(s, h) for s, h in by_service.items()]
-        )
-        port = self.server.add_insecure_port("127.0.0.1:0")
-        await self.server.start()
-        return f"127.0.0.1:{port}"
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.server.stop(grace=None)
-
-
 async def _real_metadata(exported_model: Any, standin: StandIn) -> Any:
     async with grpc.aio.insecure_channel(standin.address) as channel:
         request = tfs_protos.GetModelMetadataRequest(metadata_field=["signature_def"])
@@ -590,8 +517,8 @@ async def _real_metadata(exported_model: Any, standin: StandIn) -> Any:
 async def test_start_is_bounded_when_the_metadata_never_comes(exported_model: Any) -> None:
     """Every RPC has a deadline: a server that never answers GetModelMetadata fails start
     within connect_timeout_s, it does not hang the gateway's start-up."""
-    async with ScriptedTFServing(metadata=None) as address:
-        backend = _client(exported_model, address, connect_timeout_s=0.5)
+    async with ScriptedTFServing(metadata=None) as server:
+        backend = _client(exported_model, server.address, connect_timeout_s=0.5)
         t0 = asyncio.get_running_loop().time()
         with pytest.raises(DeadlineExceeded, match="GetModelMetadata"):
             await asyncio.wait_for(backend.start(), 10)
@@ -601,7 +528,7 @@ async def test_start_is_bounded_when_the_metadata_never_comes(exported_model: An
 @pytest.mark.parametrize(
     ("reply_rows", "output", "match"),
     [
-        (1, OUTPUT_PROBABILITIES, r"must have shape \(2, 3\)"),  # one row for two images
+        (1, OUTPUT_PROBABILITIES, r"probabilities must have shape \(2, 3\)"),  # 1 row, 2 images
         (2, "logits", r"Predict reply has no 'probabilities'\. Received: \['logits'\]"),
     ],
     ids=["too-few-rows", "no-probabilities"],
@@ -615,8 +542,8 @@ async def test_a_reply_that_does_not_answer_the_request_is_a_backend_error(
         return reply
 
     metadata = await _real_metadata(exported_model, standin)
-    async with ScriptedTFServing(metadata, predict) as address:
-        backend = _client(exported_model, address)
+    async with ScriptedTFServing(metadata, predict) as server:
+        backend = _client(exported_model, server.address)
         await backend.start()
         try:
             with pytest.raises(BackendError, match=match):
@@ -646,11 +573,7 @@ def _as_big_model(metadata: Any, model_base: Path, exported_model: Any, side: in
     and buckets up to 64: what a ResNet at 224 looks like to the backend's start()."""
     sig_map = tfs_protos.SignatureDefMap()
     metadata.metadata["signature_def"].Unpack(sig_map)
-    for sig in sig_map.signature_def.values():
-        for info in sig.inputs.values():
-            if len(info.tensor_shape.dim) == 4:
-                info.tensor_shape.dim[1].size = info.tensor_shape.dim[2].size = side
-    metadata.metadata["signature_def"].Pack(sig_map)
+    metadata.metadata["signature_def"].Pack(resized(sig_map, side=side))
     shutil.copytree(exported_model.model_base, model_base, dirs_exist_ok=True)
     path = model_base / exported_model.name / "1" / MANIFEST_RELPATH
     raw = json.loads(path.read_text())
@@ -676,8 +599,8 @@ async def test_the_channel_is_sized_for_a_large_model(
         return real(address, options=options, **kw)
 
     monkeypatch.setattr(grpc.aio, "insecure_channel", recording)
-    async with ScriptedTFServing(metadata) as address:
-        backend = _client(exported_model, address, model_base=tmp_path)
+    async with ScriptedTFServing(metadata) as server:
+        backend = _client(exported_model, server.address, model_base=tmp_path)
         await backend.start()
         await backend.close()
     request = 64 * 224 * 224 * 3
@@ -692,15 +615,17 @@ async def test_start_waits_for_the_model_to_become_available(
     """TF Serving answers GetModelStatus before the version is AVAILABLE (it is loading):
     start() polls until it is, within startup_timeout_s."""
     metadata = await _real_metadata(exported_model, standin)
-    async with ScriptedTFServing(metadata, loading_polls=2) as address:
-        backend = _client(exported_model, address, startup_timeout_s=10.0)
+    async with ScriptedTFServing(metadata, loading_polls=2) as server:
+        backend = _client(exported_model, server.address, startup_timeout_s=10.0)
         await asyncio.wait_for(backend.start(), 15)
         await backend.close()
 
 
 async def test_start_is_bounded_when_the_status_never_comes(exported_model: Any) -> None:
-    async with ScriptedTFServing(metadata=None, status_hangs=True) as address:
-        backend = _client(exported_model, address, connect_timeout_s=0.3, startup_timeout_s=1.0)
+    async with ScriptedTFServing(metadata=None, status_hangs=True) as server:
+        backend = _client(
+            exported_model, server.address, connect_timeout_s=0.3, startup_timeout_s=1.0
+        )
         t0 = asyncio.get_running_loop().time()
         with pytest.raises(BackendStartupError, match="not AVAILABLE"):
             await asyncio.wait_for(backend.start(), 10)
