@@ -169,7 +169,22 @@ def wording_only(minus: str, plus: str) -> bool:
     return plus != minus and (plus.replace("XX", "") == minus or plus.lower() == minus.lower())
 
 
-_RAISE = re.compile(r"(?:raise|return) (\w+)\(")
+_RAISE = re.compile(r"(raise|return) (\w+)\(")
+
+
+def is_exception(name: str) -> bool:
+    """`name` is an exception class of our error trees or a builtin one (`return X(...)` of
+    anything else, e.g. a result object, is behaviour, not a message)."""
+    import builtins
+
+    from contract import errors as contract_errors
+    from service import errors as service_errors
+
+    for room in (service_errors, contract_errors, builtins):
+        found = getattr(room, name, None)
+        if isinstance(found, type) and issubclass(found, BaseException):
+            return True
+    return False
 
 
 def message_only(minus: str, plus: str) -> bool:
@@ -177,9 +192,9 @@ def message_only(minus: str, plus: str) -> bool:
     (with nothing but its message changed), or a message's own line changes."""
     if minus.partition("retry_after")[2] != plus.partition("retry_after")[2]:
         return False  # Retry-After is behaviour, not text
-    raised = _RAISE.match(minus)
-    if raised:
-        return _RAISE.match(plus) is not None and _RAISE.match(plus).group(1) == raised.group(1)  # type: ignore[union-attr]
+    raised, again = _RAISE.match(minus), _RAISE.match(plus)
+    if raised and (raised.group(1) == "raise" or is_exception(raised.group(2))):
+        return again is not None and again.groups() == raised.groups()
     text = ('f"', '"')
     return minus.startswith(text) and (plus in ("", "None", "None,") or plus.startswith(text))
 

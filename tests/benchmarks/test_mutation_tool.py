@@ -39,3 +39,7 @@ def test_a_survivor_is_explained_by_its_entry_or_a_rule_and_nothing_else() -> No
     assert explain("m.f", 'raise E(f"x {y}")', "raise E(None)", known) == "text only"
     assert not message_only('raise E("x")', 'raise F("x")')  # another class is behaviour
     assert not message_only('raise E("x", retry_after_s=1)', 'raise E("x", retry_after_s=2)')
+    # an error returned to be raised elsewhere is a message too; a result object is not
+    assert message_only('return BackendError(f"{what}: x")', "return BackendError(None)")
+    assert not message_only("return ModelVersions(states, errors, resolved)",
+                            "return ModelVersions(states, None, resolved)")  # fmt: skip
