@@ -166,6 +166,43 @@ async def test_each_version_has_its_own_contract(export: Export, tmp_path: Path)
         assert backend._channel is channel  # v1's buckets fit the channel v2 sized
 
 
+async def test_a_predict_for_an_older_version_asks_for_it_and_reads_with_its_contract(
+    export: Export, tmp_path: Path
+) -> None:
+    """?version=1 while v2 (5 classes) is the latest: the Predict pins v1, asks only for the
+    probabilities, and the reply is read with v1's contract (3 classes)."""
+    versions = {1: export.version(1), 2: export.version(2, classes=5)}
+    classes = {1: 3, 2: 5}
+
+    def predict(request: Any) -> Any:
+        asked = request.model_spec.version.value if request.model_spec.HasField("version") else 2
+        return _probabilities_of(classes[asked])(request)
+
+    async with (
+        ScriptedTFServing(export.metadata, predict, versions=versions) as server,
+        _started(_client(server.address, tmp_path)) as backend,
+    ):
+        probs = await backend.predict(_images(2), timeout_s=5, version=1)
+        assert probs.shape == (2, 3)
+        assert _versions_asked(server, "Predict", SIGNATURE_PIXELS) == [1]
+        [request] = [r for r in server.asked("Predict")
+                     if r.model_spec.signature_name == SIGNATURE_PIXELS]  # fmt: skip
+        assert list(request.output_filter) == [OUTPUT_PROBABILITIES]
+
+
+async def test_a_timeout_names_the_server_it_waited_for(export: Export, tmp_path: Path) -> None:
+    """An operator reading a 504 learns which TF Serving did not answer."""
+    hang = [f"Predict/{SIGNATURE_PIXELS}"]
+    async with (
+        ScriptedTFServing(
+            export.metadata, _probabilities_of(3), versions={1: export.version(1)}, hang=hang
+        ) as server,
+        _started(_client(server.address, tmp_path)) as backend,
+    ):
+        with pytest.raises(DeadlineExceeded, match=f"TF Serving at {server.address}"):
+            await backend.predict(_images(1), timeout_s=0.3)
+
+
 async def test_a_reply_from_a_version_not_checked_yet_reads_with_its_contract(
     export: Export, tmp_path: Path
 ) -> None:
