@@ -18,7 +18,7 @@ from tests.service.conftest import LABELS, MODEL_NAME, GatewayModel
 from tests.service.procs import Images, free_port, start_gateway, wait_status
 
 DRAIN_TIMEOUT_S = 10
-REFUSALS = ("503 shutting_down", "connection refused", "closed unanswered")
+REFUSALS = ("503 shutting_down", "connection refused", "closed unanswered", "reset unanswered")
 IN_FLIGHT = 6
 
 
@@ -41,6 +41,13 @@ def refused(url: str, path: str, blob: bytes) -> str:
     except httpx.RemoteProtocolError as exc:
         if "without sending a response" in str(exc):
             return "closed unanswered"
+        raise
+    except httpx.ReadError as exc:
+        # A connection still in the kernel's accept queue when uvicorn closes its listening
+        # socket is reset by the kernel: the gateway never read the request (seen once in a
+        # fresh-clone `make test`, the in-flight requests all answered 200).
+        if "Connection reset by peer" in str(exc):
+            return "reset unanswered"
         raise
     error = (
         reply.json().get("error")
