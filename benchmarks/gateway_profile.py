@@ -19,7 +19,7 @@ sample is put in the stage of its innermost frame that belongs to one:
     other           everything else (logging, json, numpy, ...)
 
 `--gateway-root` runs the gateway from another checkout (its own `.venv`), so the code before
-a change can be profiled in the same run: `--compare /work/main` profiles both.
+a change can be profiled in the same run: `--compare PATH` (another checkout) profiles both.
 
     python -m benchmarks.gateway_profile [--rate 600] [--seconds 8] [--compare PATH]
 """

@@ -2,8 +2,8 @@
 
 It serves TF Serving's three RPCs the backend calls (GetModelStatus, GetModelMetadata,
 Predict) over real loopback gRPC, answered from a script of versions, labels and manifests
-that a test changes while it runs, with TF Serving's codes and texts
-(/work/notes/tfserving_behaviour.md):
+that a test changes while it runs, with TF Serving's codes and texts (read in
+tensorflow/serving at tag 2.19.1, the files named below, under tensorflow_serving/):
 
 * GetModelStatus (model_servers/get_model_status_impl.cc): a pinned version's state only, or
   NOT_FOUND `Could not find version <v> of model <m>`; else every version, highest first;
