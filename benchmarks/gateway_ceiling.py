@@ -274,6 +274,14 @@ class Run:
     low: Step | None = None
 
 
+def warm(url: str, images: Path) -> None:
+    """20 requests before any step is measured (connections, first batches, lazy imports)."""
+    body = next(images.iterdir()).read_bytes()
+    for _ in range(20):
+        httpx.post(f"{url}/v1/classify", content=body, headers={"content-type": "image/jpeg"},
+                   timeout=10)  # fmt: skip
+
+
 def run_gateway(
     label: str, size: str, images: Path, workers: int, tfs: str, model_base: Path,
     args: argparse.Namespace, work: Path, start_rate: float, low_rate: float | None = None,
@@ -284,9 +292,7 @@ def run_gateway(
     values = {"backend": "tfserving", "tfserving_address": tfs, "model_name": MODEL,
               "workers": workers, **settings}  # fmt: skip
     with gateway(model_base, work / f"{label}.log", **values) as gw, CpuSampler(gw.pid) as cpu:
-        for _ in range(20):
-            httpx.post(f"{gw.url}/v1/classify", content=next(images.iterdir()).read_bytes(),
-                       headers={"content-type": "image/jpeg"}, timeout=10)  # fmt: skip
+        warm(gw.url, images)
         timing = ["--duration", str(args.duration), "--warmup", str(args.warmup)]
         if low_rate is not None:
             low = loadtest(gw.url, images, work / f"{label}-low", [
@@ -319,11 +325,8 @@ def run_two_ports(
         gws = [stack.enter_context(gateway(model_base, work / f"{label}-{i}.log", **values))
                for i in range(2)]  # fmt: skip
         cpu = stack.enter_context(CpuSampler(tuple(gw.pid for gw in gws)))
-        body = next(images.iterdir()).read_bytes()
         for gw in gws:
-            for _ in range(20):
-                httpx.post(f"{gw.url}/v1/classify", content=body,
-                           headers={"content-type": "image/jpeg"}, timeout=10)  # fmt: skip
+            warm(gw.url, images)
         timing = ["--duration", str(args.duration), "--warmup", str(args.warmup)]
         urls = [gw.url for gw in gws]
 
