@@ -57,7 +57,7 @@ from benchmarks import gateway_proc
 from benchmarks.gateway_proc import ROOT, gateway, now_utc
 from benchmarks.preprocess import machine, make_photo
 from contract.manifest import InputSpec, Manifest, Preprocessing, write_manifest
-from testdoubles.fast_tfserving import Speed, spawn
+from testdoubles.fast_tfserving import Spawned, Speed, spawn_process
 
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL = "resnet50_contract"
@@ -206,6 +206,7 @@ class Step:
     mean_batch: float | None = None
     machine_cpu_s: float = 0.0  # every core's busy seconds over the same window
     window_s: float = 0.0
+    double_cpu_s: float = 0.0  # the model-server double's CPU seconds over the same window
 
     @property
     def images_per_cpu_s(self) -> float:
@@ -216,28 +217,40 @@ class Step:
         return 1000 * self.cpu_s / self.images if self.images else float("nan")
 
     @property
+    def double_ms_per_image(self) -> float:
+        """CPU per image of the model-server double (its gRPC server: grpc.aio in Python)."""
+        return 1000 * self.double_cpu_s / self.images if self.images else 0.0
+
+    @property
     def others_ms_per_image(self) -> float:
-        """CPU per image of everything but the gateway (load generator, double, other jobs)."""
-        return 1000 * (self.machine_cpu_s - self.cpu_s) / self.images if self.images else 0.0
+        """CPU per image of everything but the gateway and the double: the load generator and
+        any other job on the machine."""
+        rest = self.machine_cpu_s - self.cpu_s - self.double_cpu_s
+        return 1000 * rest / self.images if self.images else 0.0
 
     def machine_busy(self, cores: int) -> float:
         """Share of the machine's cores busy over the window."""
         return self.machine_cpu_s / (cores * self.window_s) if self.window_s else 0.0
 
 
-def steps_of(result: dict[str, Any], cpu: CpuSampler) -> list[Step]:
+def steps_of(
+    result: dict[str, Any], cpu: CpuSampler, double: CpuSampler | None = None
+) -> list[Step]:
+    """The load tester's steps, each with the CPU `cpu` (the gateway), `double` (the model
+    server double) and the machine used over its measured window."""
     out = []
     for s in result["steps"]:
         start = s["started_at"] + s["warmup_s"]
         end = start + s["window_s"]
         used = cpu.at(end) - cpu.at(start)
+        double_s = double.at(end) - double.at(start) if double else 0.0
         machine = cpu.at(end, machine=True) - cpu.at(start, machine=True)
         queue = (s.get("stages_ms") or {}).get("queue") or {}
         out.append(Step(
             rate=s["offered_rate"], images_s=s["throughput_rps"],
             p50_ms=s["latency_ms"].get("p50_ms"), p99_ms=s["latency_ms"].get("p99_ms"),
             errors=s["errors"], queue_p50_ms=queue.get("p50_ms"), cpu_s=used, images=s["ok"],
-            machine_cpu_s=machine, window_s=s["window_s"],
+            machine_cpu_s=machine, window_s=s["window_s"], double_cpu_s=double_s,
         ))  # fmt: skip
     return out
 
@@ -283,48 +296,56 @@ def warm(url: str, images: Path) -> None:
 
 
 def run_gateway(
-    label: str, size: str, images: Path, workers: int, tfs: str, model_base: Path,
+    label: str, size: str, images: Path, workers: int, tfs: Spawned, model_base: Path,
     args: argparse.Namespace, work: Path, start_rate: float, low_rate: float | None = None,
     **settings: Any,
 ) -> Run:  # fmt: skip
     """Start the gateway, find its max rate, measure at 80 % of it (and at `low_rate`)."""
     run = Run(label, size, workers, settings)
-    values = {"backend": "tfserving", "tfserving_address": tfs, "model_name": MODEL,
+    values = {"backend": "tfserving", "tfserving_address": tfs.address, "model_name": MODEL,
               "workers": workers, **settings}  # fmt: skip
-    with gateway(model_base, work / f"{label}.log", **values) as gw, CpuSampler(gw.pid) as cpu:
+    with (
+        gateway(model_base, work / f"{label}.log", **values) as gw,
+        CpuSampler(gw.pid) as cpu,
+        CpuSampler(tfs.pid) as dbl,
+    ):
         warm(gw.url, images)
         timing = ["--duration", str(args.duration), "--warmup", str(args.warmup)]
         if low_rate is not None:
             low = loadtest(gw.url, images, work / f"{label}-low", [
                 "--rate", str(low_rate), "--arrival", "poisson", *timing], 300)  # fmt: skip
-            run.low = steps_of(low, cpu)[0]
-        run.max_rate = find_max_rate(
-            lambda rate, i: _step(gw.url, images, work / f"{label}-{i}", rate, timing, cpu, run),
-            start_rate, args,
-        )  # fmt: skip
+            run.low = steps_of(low, cpu, dbl)[0]
+
+        def one_step(rate: float, i: int) -> Step:
+            out = work / f"{label}-{i}"
+            return _step(gw.url, images, out, rate, timing, (cpu, dbl), run)
+
+        run.max_rate = find_max_rate(one_step, start_rate, args)
         if run.max_rate:
             c0, s0 = _batches(gw.url)
             at80 = loadtest(gw.url, images, work / f"{label}-80", [
                 "--rate", f"{0.8 * run.max_rate:.0f}", *timing], 600)  # fmt: skip
             c1, s1 = _batches(gw.url)
-            run.at80 = steps_of(at80, cpu)[0]
+            run.at80 = steps_of(at80, cpu, dbl)[0]
             run.at80.mean_batch = (s1 - s0) / (c1 - c0) if c1 > c0 else None
     print(f"{label}: max {run.max_rate} img/s; at 80 %: {run.at80}", flush=True)
     return run
 
 
 def run_two_ports(
-    label: str, size: str, images: Path, tfs: str, model_base: Path, args: argparse.Namespace,
+    label: str, size: str, images: Path, tfs: Spawned, model_base: Path, args: argparse.Namespace,
     work: Path, start_rate: float,
 ) -> Run:  # fmt: skip
     """The baseline for `--workers 2`: two one-process gateways on two ports, each offered half
     of every step's rate by its own load tester, both started together."""
     run = Run(label, size, 2, {"ports": 2})
-    values = {"backend": "tfserving", "tfserving_address": tfs, "model_name": MODEL, "workers": 1}
+    values = {"backend": "tfserving", "tfserving_address": tfs.address, "model_name": MODEL,
+              "workers": 1}  # fmt: skip
     with contextlib.ExitStack() as stack:
         gws = [stack.enter_context(gateway(model_base, work / f"{label}-{i}.log", **values))
                for i in range(2)]  # fmt: skip
         cpu = stack.enter_context(CpuSampler(tuple(gw.pid for gw in gws)))
+        dbl = stack.enter_context(CpuSampler(tfs.pid))
         for gw in gws:
             warm(gw.url, images)
         timing = ["--duration", str(args.duration), "--warmup", str(args.warmup)]
@@ -336,7 +357,7 @@ def run_two_ports(
             def one(i: int) -> None:
                 result = loadtest(urls[i], images, work / f"{name}-{i}",
                                   ["--rate", f"{rate / 2:g}", *timing], 600)  # fmt: skip
-                halves[i] = steps_of(result, cpu)[0]
+                halves[i] = steps_of(result, cpu, dbl)[0]
 
             threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
             for t in threads:
@@ -373,13 +394,15 @@ def merge_halves(a: Step, b: Step) -> Step:
         p99_ms=worse(a.p99_ms, b.p99_ms), errors=a.errors + b.errors,
         queue_p50_ms=worse(a.queue_p50_ms, b.queue_p50_ms), cpu_s=(a.cpu_s + b.cpu_s) / 2,
         images=a.images + b.images, machine_cpu_s=(a.machine_cpu_s + b.machine_cpu_s) / 2,
-        window_s=(a.window_s + b.window_s) / 2,
+        window_s=(a.window_s + b.window_s) / 2, double_cpu_s=(a.double_cpu_s + b.double_cpu_s) / 2,
     )  # fmt: skip
 
 
-def _step(url: str, images: Path, out: Path, rate: float, timing: list[str], cpu: CpuSampler,
-          run: Run) -> Step:  # fmt: skip
-    step = steps_of(loadtest(url, images, out, ["--rate", f"{rate:g}", *timing], 600), cpu)[0]
+def _step(url: str, images: Path, out: Path, rate: float, timing: list[str],
+          cpu: tuple[CpuSampler, CpuSampler], run: Run) -> Step:  # fmt: skip
+    """One load step; `cpu`: the gateway's sampler and the double's."""
+    result = loadtest(url, images, out, ["--rate", f"{rate:g}", *timing], 600)
+    step = steps_of(result, *cpu)[0]
     run.search.append(step)
     return step
 
@@ -441,7 +464,7 @@ def to_markdown(meta: dict[str, Any], decode: dict[str, tuple[float, float]],
         f"- Date: {meta['date']}; command: `{meta['command']}`",
         f"- Machine: {meta['machine']['cpu']}, {meta['cores']} cores ({meta['machine']['platform']}), "
         f"Python {meta['python']}; load average before / after: {meta['load_before']} / "
-        f"{meta['load_after']}{' (**busy machine**: other jobs shared the cores)' if meta['busy'] else ''}",
+        f"{meta['load_after']}{' (**busy machine**: other jobs were running when it started)' if meta['busy'] else ''}",
         f"- Model server: `testdoubles.fast_tfserving` (not TF Serving): {meta['speed']}; "
         "contract 224x224 (crop 0.875, bilinear), 1000 classes, buckets 1..64. It, the load "
         "generator and the gateway share the cores.",
@@ -454,8 +477,9 @@ def to_markdown(meta: dict[str, Any], decode: dict[str, tuple[float, float]],
         "- CPU: utime+stime of the gateway's processes (supervisor and workers) from /proc, "
         "over each step's measured window. Excluding decode: minus the decode-only CPU per "
         "image of the same files. Machine busy: every core's busy time (/proc/stat) over the "
-        "same window; others' CPU is that minus the gateway's (the load generator, the double "
-        "and any other job), per request.",
+        "same window. The double's CPU (its grpc.aio server in Python: on a GPU host TF Serving "
+        "does this work in C++) and others' (the machine's busy time minus the gateway's and the "
+        "double's: the load generator and any other job), per request, over the same window.",
         "",
         "## Decode-only (the most these cores could do)",
         "",
@@ -471,8 +495,8 @@ def to_markdown(meta: dict[str, Any], decode: dict[str, tuple[float, float]],
         "| image | processes | max images/s (p99 <= "
         f"{meta['p99_ms']:g} ms) | efficiency | scaling | at 80 %: p50 / p99 ms | images per "
         "CPU-s | CPU ms per request | excl. decode | mean batch | cores per H100 | machine busy | "
-        "others' CPU ms per request |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "double's CPU ms per request | others' CPU ms per request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     one = {r.size: r.max_rate for r in runs if r.workers == 1}
     for r in runs:
@@ -491,6 +515,7 @@ def to_markdown(meta: dict[str, Any], decode: dict[str, tuple[float, float]],
             f"{_f(s.cpu_ms_per_image if s else None, '.2f')} | {_f(excl, '.2f')} | "
             f"{_f(s.mean_batch if s else None)} | {_f(cores, '.0f')} | "
             f"{_f(100 * s.machine_busy(meta['cores']) if s else None, '.0f')} % | "
+            f"{_f(s.double_ms_per_image if s else None, '.2f')} | "
             f"{_f(s.others_ms_per_image if s else None, '.2f')} |"
         )
     for size in dict.fromkeys(r.size for r in runs):
@@ -585,7 +610,7 @@ def main() -> None:
         print(f"decode-only: {decode}", flush=True)
         runs: list[Run] = []
         policies: list[Run] = []
-        with spawn(base, MODEL, speed=speed, log=work / "double.log") as tfs:
+        with spawn_process(base, MODEL, speed=speed, log=work / "double.log") as tfs:
             for size in sizes:
                 for n in workers:
                     start = max(10.0, round(decode[size][0] * min(n, cores) / cores / 4, -1))
@@ -597,7 +622,7 @@ def main() -> None:
                                               base, args, work, start))  # fmt: skip
         if args.policies:  # against a double that merges calls as TF Serving's batching does
             window = Speed(args.base_ms, args.per_image_ms, batch_timeout_ms=args.policy_window_ms)
-            with spawn(base, MODEL, speed=window, log=work / "double-window.log") as tfs:
+            with spawn_process(base, MODEL, speed=window, log=work / "double-window.log") as tfs:
                 size = sizes[0]
                 start = max(10.0, round(decode[size][0] / cores / 4, -1))
                 for label, extra in (
@@ -613,7 +638,9 @@ def main() -> None:
             "date": now_utc(), "command": " ".join(["python -m benchmarks.gateway_ceiling", *sys.argv[1:]]),
             "machine": machine(), "cores": cores, "python": platform.python_version(),
             "load_before": load_before, "load_after": ", ".join(f"{x:.2f}" for x in load_after),
-            "busy": max(float(load_before.split(",")[0]), load_after[0]) > 1.0,
+            # the run's own load raises the load average after it: judge by the one before,
+            # and read each step's others' CPU (the load generator and any other job)
+            "busy": float(load_before.split(",")[0]) > 1.0,
             "speed": f"{speed.base_ms:g} ms + {speed.per_image_ms:g} ms per image",
             "p99_ms": args.p99_ms, "duration": args.duration, "warmup": args.warmup,
             "bisect": args.bisect, "low_rate": args.low_rate,

@@ -18,10 +18,13 @@ sample is put in the stage of its innermost frame that belongs to one:
     event loop (C)  no Python frame above the loop: uvloop, sockets, grpc's core callbacks
     other           everything else (logging, json, numpy, ...)
 
-`--gateway-root` runs the gateway from another checkout (its own `.venv`), so the code before
-a change can be profiled in the same run: `--compare PATH` (another checkout) profiles both.
+`--compare PATH` (another checkout, its own `.venv`) profiles the code there first, so the
+code before a change is profiled in the same run. `--ceiling` profiles the shape
+`benchmarks/gateway_ceiling.py` measures instead: the ResNet-50 contract (224x224, 1,000 classes)
+and 640x480 JPEGs (`--size` to change it).
 
     python -m benchmarks.gateway_profile [--rate 600] [--seconds 8] [--compare PATH]
+        [--ceiling [--size 640x480]]
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks import gateway_ceiling as ceiling
 from benchmarks.gateway_ceiling import CpuSampler, steps_of
 from benchmarks.gateway_proc import ROOT, free_port, machine_line, now_utc
 from benchmarks.preprocess import make_photo
@@ -103,6 +107,7 @@ def profile(raw: Path) -> dict[str, int]:
 
 
 def write_contract(base: Path) -> None:
+    """The demo model's contract, manifest only (the tfserving backend reads nothing else)."""
     write_manifest(
         Manifest(model_name=MODEL, model_version=1, architecture="resnet_cifar",
                  input=InputSpec(height=32, width=32),
@@ -118,7 +123,7 @@ def run(root: Path, label: str, args: argparse.Namespace, tfs: str, base: Path,
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(root), "RESNET_SERVING_BACKEND": "tfserving",
            "RESNET_SERVING_TFSERVING_ADDRESS": tfs, "RESNET_SERVING_MODEL_BASE_PATH": str(base),
-           "RESNET_SERVING_MODEL_NAME": MODEL, "RESNET_SERVING_PORT": str(port),
+           "RESNET_SERVING_MODEL_NAME": args.model, "RESNET_SERVING_PORT": str(port),
            "RESNET_SERVING_LOG_LEVEL": "warning", "RESNET_SERVING_WORKERS": "1",
            # as each process runs in the default deployment, one per core (older code
            # ignores the setting)
@@ -165,6 +170,9 @@ def run(root: Path, label: str, args: argparse.Namespace, tfs: str, base: Path,
     stages = profile(raw)
     total = sum(stages.values())
     us = 1000 * step.cpu_ms_per_image
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(raw, args.keep / f"{label}.txt")
     return {"label": label, "root": str(root), "cpu_us_per_request": us, "p50_ms": step.p50_ms,
             "p99_ms": step.p99_ms, "requests": step.images,
             "stages_us": {k: us * v / total for k, v in sorted(stages.items(), key=lambda kv: -kv[1])}}  # fmt: skip
@@ -178,12 +186,13 @@ def to_markdown(runs: list[dict[str, object]], args: argparse.Namespace) -> str:
         "",
         f"- Date: {now_utc()}; machine: {machine_line()}",
         f"- One gateway process (`--workers 1`, tfserving backend, small images decoded on the event loop as with a process per core) against "
-        "`testdoubles.fast_tfserving` (1.5 ms + 0.04 ms per image), the demo model's contract "
-        f"(32x32, 10 classes), one 451x300 JPEG per request, open loop at {args.rate:g} req/s for "
+        f"`testdoubles.fast_tfserving` (1.5 ms + 0.04 ms per image), {args.shape}, "
+        f"open loop at {args.rate:g} req/s for "
         f"{args.seconds:g} s. CPU from /proc; stages from py-spy samples (`--nonblocking`, 250 Hz) "
         "by innermost frame (benchmarks/gateway_profile.py), scaled to the measured CPU.",
         f"- Command: `python -m benchmarks.gateway_profile --rate {args.rate:g} --seconds "
-        f"{args.seconds:g}{' --compare ' + str(args.compare) if args.compare else ''}`",
+        f"{args.seconds:g}{' --compare ' + str(args.compare) if args.compare else ''}"
+        f"{' --ceiling --size ' + args.size if args.ceiling else ''}`",
         "",
         "us of CPU per request:",
         "",
@@ -210,17 +219,36 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--compare", type=Path, help="another checkout to profile first (before)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="the ResNet-50 contract and --size JPEGs (gateway_ceiling's shape)",
+    )
+    parser.add_argument("--size", default="640x480", help="JPEG size with --ceiling")
     parser.add_argument("--name", default="gateway_profile")
+    parser.add_argument("--keep", type=Path, help="a folder to keep py-spy's raw samples in")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gateway_profile-"))
     try:
         base = work / "models"
-        write_contract(base)
         images = work / "images"
-        images.mkdir()
-        (images / "photo.jpg").write_bytes(make_photo(451, 300))
+        if args.ceiling:
+            w, h = (int(v) for v in args.size.split("x"))
+            ceiling.write_contract(base)
+            ceiling.write_images(images, w, h)
+            args.model = ceiling.MODEL
+            args.shape = (f"the ResNet-50 contract (224x224, 1,000 classes), one {w}x{h} JPEG "
+                          f"per request ({ceiling.FILES_PER_SIZE} files, cycled)")  # fmt: skip
+        else:
+            write_contract(base)
+            images.mkdir()
+            (images / "photo.jpg").write_bytes(make_photo(451, 300))
+            args.model = MODEL
+            args.shape = (
+                "the demo model's contract (32x32, 10 classes), one 451x300 JPEG per request"
+            )
         runs = []
-        with spawn(base, MODEL) as tfs:
+        with spawn(base, args.model) as tfs:
             if args.compare:
                 runs.append(run(args.compare.resolve(), "before", args, tfs, base, images, work))
             runs.append(

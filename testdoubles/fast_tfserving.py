@@ -444,17 +444,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Spawned:
+    """The double running as a child process: where it listens, and its pid (benchmarks count
+    its CPU apart from the gateway's)."""
+
+    address: str
+    pid: int
+
+
 @contextlib.contextmanager
-def spawn(
+def spawn_process(
     model_base: Path,
     model_name: str,
     *,
     speed: Speed | None = None,
     timeout_s: float = 60.0,
     log: Path | None = None,
-) -> Iterator[str]:
-    """Run the double as a child process on a free port; yields its `host:port`. Its output
-    goes to `log` (a temporary file when None)."""
+) -> Iterator[Spawned]:
+    """Run the double as a child process on a free port; yields it once it is ready. Its
+    output goes to `log` (a temporary file when None)."""
     s = speed or Speed()
     args = [sys.executable, "-m", "testdoubles.fast_tfserving", "--model-base", str(model_base),
             "--model-name", model_name, "--port", "0", "--base-ms", str(s.base_ms),
@@ -475,7 +484,7 @@ def spawn(
         out = stack.enter_context(log.open("w"))
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, text=True)
         try:
-            yield _wait_ready(proc, log, timeout_s)
+            yield Spawned(_wait_ready(proc, log, timeout_s), proc.pid)
         finally:
             proc.terminate()
             try:
@@ -483,6 +492,20 @@ def spawn(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+@contextlib.contextmanager
+def spawn(
+    model_base: Path,
+    model_name: str,
+    *,
+    speed: Speed | None = None,
+    timeout_s: float = 60.0,
+    log: Path | None = None,
+) -> Iterator[str]:
+    """`spawn_process`, yielding only the double's `host:port`."""
+    with spawn_process(model_base, model_name, speed=speed, timeout_s=timeout_s, log=log) as double:
+        yield double.address
 
 
 def _wait_ready(proc: subprocess.Popen[str], log: Path, timeout_s: float) -> str:

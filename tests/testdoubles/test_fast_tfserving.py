@@ -25,7 +25,7 @@ from contract.tfs_protos import PredictResponse
 from service.backends.tfserving import TFServingBackend
 from service.breaker import State
 from service.errors import BackendStartupError, QueueFull
-from testdoubles.fast_tfserving import Speed, spawn
+from testdoubles.fast_tfserving import Speed, spawn, spawn_process
 
 NAME, SIDE, CLASSES = "fast", 8, 12
 
@@ -46,6 +46,32 @@ def model_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def double(model_base: Path) -> Iterator[str]:
     with spawn(model_base, NAME, speed=Speed(base_ms=20.0, per_image_ms=1.0)) as address:
         yield address
+
+
+def test_spawn_process_yields_the_pid_of_the_child_that_serves(model_base: Path) -> None:
+    """Benchmarks count the double's CPU by this pid: it must be the double, gone after."""
+    with spawn_process(model_base, NAME) as double:
+        cmdline = Path(f"/proc/{double.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"testdoubles.fast_tfserving" in cmdline
+        port = int(double.address.rsplit(":", 1)[1])
+        held = {
+            link.readlink().name for link in Path(f"/proc/{double.pid}/fd").iterdir()
+            if link.readlink().name.startswith("socket:[")
+        }  # fmt: skip
+        assert _listening_inodes(port) & {name[8:-1] for name in held}
+    assert not Path(f"/proc/{double.pid}").exists()
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Inodes of the sockets listening on `port` (/proc/net/tcp and tcp6, where gRPC may listen
+    on an IPv4-mapped address; state 0A is LISTEN)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+                inodes.add(fields[9])
+    return inodes
 
 
 def backend(address: str, model_base: Path) -> TFServingBackend:
