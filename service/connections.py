@@ -14,6 +14,13 @@ with three limits, each answered with the gateway's JSON error body and `connect
   quietly, one that sent part of a head gets 408 `request_timeout`.
 - **connection cap** (`max_connections`, per process, lowered to what the file-descriptor
   limit allows): a connection beyond it gets 503 `too_many_connections` + Retry-After at once.
+- **pipeline depth** (`max_pipelined_requests`): uvicorn parses every request a client has
+  pipelined into the bytes it read and queues each one (~1 KB apiece), and reads on after every
+  answer, so a client that writes requests without reading answers grows the queue without
+  bound (40 MB of `GET`s on 4 connections took a process from 1.1 to 4.1 GB). Past the depth,
+  the rest of what the connection sent is dropped unparsed, the requests already queued are
+  answered, and the connection closes after the last of them (RFC 9112 9.3.2: a client
+  retries pipelined requests a closed connection left unanswered).
 
 The limits travel on `GatewayServerConfig`, a `uvicorn.Config` that also pickles to worker
 processes. Body deadlines and memory admission are ASGI-level and live in `service.middleware`.
@@ -55,6 +62,7 @@ class ConnectionLimits:
     header_timeout_s: float = 5.0
     max_connections: int = 2048
     retry_after_s: int = 1
+    max_pipelined_requests: int = 16  # queued behind the one being answered, per connection
 
     def effective_max_connections(self) -> int:
         """`max_connections`, lowered to what this process's file-descriptor limit allows."""
@@ -88,6 +96,10 @@ class _TooManyHeaders(Exception):
     """Raised from the parser callback; httptools hands it back as the error's context."""
 
 
+class _PipelineFull(Exception):
+    """Raised from the parser callback when a connection queues too many pipelined requests."""
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with head size/count limits, a head deadline and a cap."""
 
@@ -101,6 +113,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_count = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._pipeline_full = False  # past max_pipelined_requests: nothing more is parsed
 
     # -- connection -------------------------------------------------------------------------
 
@@ -130,7 +143,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # -- bytes in ---------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self._pipeline_full:
             return
         if self._in_head:
             if self._head_bytes == 0 and self._head_timer is None:
@@ -140,6 +153,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _PipelineFull):
+                self._stop_pipeline()
+                return
             if isinstance(exc.__context__, _TooManyHeaders):
                 self._refuse(HeadersTooLarge(
                     f"request has more than {self._limits.max_headers} header fields "
@@ -182,11 +198,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_head_timer()
+        # uvicorn queues this request when the one before it is not answered yet.
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if busy and len(self.pipeline) >= self._limits.max_pipelined_requests:
+            raise _PipelineFull
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
+        if self._pipeline_full:
+            self.flow.pause_reading()  # uvicorn resumes after every answer; nothing more is read
+        elif not self.transport.is_closing():
             self._in_head = True  # the next head's clock starts with its first byte
             self._head_bytes = 0
 
@@ -212,6 +234,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             f"request headers did not arrive within {self._limits.header_timeout_s:g} s "
             f"(header_timeout_s; {self._head_bytes} bytes received)"
         ))  # fmt: skip
+
+    def _stop_pipeline(self) -> None:
+        """Too many pipelined requests: read and parse nothing more, answer the queued ones,
+        and close after the last (its response says `connection: close`)."""
+        self._pipeline_full = True
+        self.flow.pause_reading()
+        self.cycle.keep_alive = False
+        log.info(
+            "connection from %s pipelined more than %d requests; closing after those",
+            self.client, self._limits.max_pipelined_requests,
+        )  # fmt: skip
 
     def _refuse_invalid(self) -> None:
         self._refuse(BadRequest("invalid HTTP request: the request line or headers do not parse"))

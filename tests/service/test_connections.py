@@ -176,6 +176,40 @@ def test_connections_beyond_the_cap_are_refused_with_503_and_retry_after() -> No
             assert read_response(s)[0] == 200
 
 
+def read_until_closed(s: socket.socket, timeout_s: float = 5.0) -> list[dict[str, str]]:
+    """Every response on `s` until the server closes it: each one's lower-case headers."""
+    s.settimeout(timeout_s)
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := s.recv(65536):
+            data += chunk
+    heads = []
+    for block in data.split(b"HTTP/1.1 ")[1:]:
+        lines = block.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+        heads.append({k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])})
+    return heads
+
+
+def test_a_few_pipelined_requests_are_all_answered_on_a_kept_alive_connection() -> None:
+    with server(max_pipelined_requests=4) as port, connect(port) as s:
+        s.sendall(OK_REQUEST * 5)  # one answered, four queued behind it
+        assert [read_response(s)[0] for _ in range(5)] == [200] * 5
+        s.sendall(OK_REQUEST)  # still open
+        assert read_response(s)[0] == 200
+
+
+def test_pipelining_past_the_depth_answers_what_was_queued_then_closes() -> None:
+    """A client that writes requests without reading answers must not grow the server's
+    queue: uvicorn alone parses and queues all of them (~1 KB each), reading on after every
+    answer. Past the depth the rest is dropped and the connection closes after the queued."""
+    with server(max_pipelined_requests=4) as port, connect(port) as s:
+        s.sendall(OK_REQUEST * 2000)
+        heads = read_until_closed(s)
+    assert len(heads) == 5, len(heads)  # the one in flight and the four queued
+    assert heads[-1]["connection"] == "close"
+    assert all("connection" not in h for h in heads[:-1])
+
+
 def test_a_malformed_request_gets_a_json_400() -> None:
     with server() as port, connect(port) as s:
         s.sendall(b"NOT AN HTTP REQUEST\r\n\r\n")
