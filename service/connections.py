@@ -22,6 +22,13 @@ with three limits, each answered with the gateway's JSON error body and `connect
   answered, and the connection closes after the last of them (RFC 9112 9.3.2: a client
   retries pipelined requests a closed connection left unanswered).
 
+The gateway speaks HTTP/1.1 only (`ws="none"`: it has no WebSocket route, so no handshake code
+runs). A request asking to `Upgrade` (websocket, h2c) is answered as the plain request it also
+is, except one with a body: llhttp treats the bytes after an upgrade head as the new protocol,
+never as the body, so such a request would lose its body (uvicorn's default answered a
+classify with `Upgrade: h2c` 400 `empty_image`, one with `Upgrade: websocket` never): it gets
+400 `bad_request` saying to drop the header.
+
 The limits travel on `GatewayServerConfig`, a `uvicorn.Config` that also pickles to worker
 processes. Body deadlines and memory admission are ASGI-level and live in `service.middleware`.
 """
@@ -76,7 +83,7 @@ class GatewayServerConfig(uvicorn.Config):
     """uvicorn's Config carrying the gateway's connection limits to every worker process."""
 
     def __init__(self, app: Any, *, connection_limits: ConnectionLimits, **kwargs: Any) -> None:
-        super().__init__(app, http=GuardedHttpToolsProtocol, **kwargs)
+        super().__init__(app, http=GuardedHttpToolsProtocol, ws="none", **kwargs)
         self.connection_limits = connection_limits
 
 
@@ -96,8 +103,20 @@ class _TooManyHeaders(Exception):
     """Raised from the parser callback; httptools hands it back as the error's context."""
 
 
+class _UpgradeWithBody(Exception):
+    """Raised from the parser callback: an Upgrade request whose body llhttp would drop."""
+
+
 class _PipelineFull(Exception):
     """Raised from the parser callback when a connection queues too many pipelined requests."""
+
+
+def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request head announces a body (a non-zero Content-Length, or chunked)."""
+    return any(
+        name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
+        for name, value in headers
+    )
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -156,6 +175,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if isinstance(exc.__context__, _PipelineFull):
                 self._stop_pipeline()
                 return
+            if isinstance(exc.__context__, _UpgradeWithBody):
+                self._refuse(BadRequest(
+                    "a request with a body cannot ask to Upgrade (this server speaks HTTP/1.1 "
+                    "only): send it without the Upgrade header"
+                ))  # fmt: skip
+                return
             if isinstance(exc.__context__, _TooManyHeaders):
                 self._refuse(HeadersTooLarge(
                     f"request has more than {self._limits.max_headers} header fields "
@@ -164,11 +189,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 return
             self._refuse_invalid()
             return
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+        except httptools.HttpParserUpgrade as upgrade:
+            # Not upgraded (ws="none"): the request is answered as plain HTTP, and what follows
+            # its head is the next request (httptools has resumed the parser). No warning: any
+            # client may send the header. Recursion is bounded by max_pipelined_requests.
+            log.debug("ignored the Upgrade header of a request from %s", self.client)
+            rest = data[upgrade.args[0] :]
+            if rest:
+                self.data_received(rest)
             return
         except httptools.HttpParserError:
             self._refuse_invalid()
@@ -198,6 +226,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_head_timer()
+        if self.parser.should_upgrade() and _declares_body(self.headers):
+            raise _UpgradeWithBody
         # uvicorn queues this request when the one before it is not answered yet.
         busy = self.cycle is not None and not self.cycle.response_complete
         if busy and len(self.pipeline) >= self._limits.max_pipelined_requests:

@@ -210,6 +210,38 @@ def test_pipelining_past_the_depth_answers_what_was_queued_then_closes() -> None
     assert all("connection" not in h for h in heads[:-1])
 
 
+WS_HEAD = (b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")  # fmt: skip
+H2C_HEAD = (
+    b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQC\r\n"
+)
+
+
+@pytest.mark.parametrize("upgrade", [WS_HEAD, H2C_HEAD], ids=["websocket", "h2c"])
+def test_an_upgrade_without_a_body_is_answered_as_plain_http(upgrade: bytes) -> None:
+    """The gateway has no WebSocket route and speaks HTTP/1.1 only: the request is answered,
+    and the one pipelined after it too (uvicorn's default: 403 with an empty body for a
+    websocket, and the bytes after an h2c head dropped)."""
+    with server() as port, connect(port) as s:
+        s.sendall(b"GET /ok HTTP/1.1\r\nHost: t\r\n" + upgrade + b"\r\n" + OK_REQUEST)
+        assert [read_response(s)[0] for _ in range(2)] == [200, 200]
+
+
+@pytest.mark.parametrize("upgrade", [WS_HEAD, H2C_HEAD], ids=["websocket", "h2c"])
+@pytest.mark.parametrize(
+    "framing", [b"Content-Length: 3\r\n\r\nabc", b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"],
+    ids=["content-length", "chunked"],
+)  # fmt: skip
+def test_an_upgrade_with_a_body_gets_a_json_400(upgrade: bytes, framing: bytes) -> None:
+    """llhttp takes the bytes after an upgrade head for the new protocol, never for the body:
+    the request would lose its body (a classify got 400 `empty_image`, or no answer at all)."""
+    with server() as port, connect(port) as s:
+        s.sendall(b"POST /ok HTTP/1.1\r\nHost: t\r\n" + upgrade + framing)
+        status, headers, body = read_response(s)
+        assert status == 400 and headers["connection"] == "close"
+        assert "Upgrade" in json.loads(body)["detail"]
+
+
 def test_a_malformed_request_gets_a_json_400() -> None:
     with server() as port, connect(port) as s:
         s.sendall(b"NOT AN HTTP REQUEST\r\n\r\n")
