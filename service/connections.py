@@ -14,6 +14,20 @@ with three limits, each answered with the gateway's JSON error body and `connect
   quietly, one that sent part of a head gets 408 `request_timeout`.
 - **connection cap** (`max_connections`, per process, lowered to what the file-descriptor
   limit allows): a connection beyond it gets 503 `too_many_connections` + Retry-After at once.
+- **pipeline depth** (`max_pipelined_requests`): uvicorn parses every request a client has
+  pipelined into the bytes it read and queues each one (~1 KB apiece), and reads on after every
+  answer, so a client that writes requests without reading answers grows the queue without
+  bound (40 MB of `GET`s on 4 connections took a process from 1.1 to 4.1 GB). Past the depth,
+  the rest of what the connection sent is dropped unparsed, the requests already queued are
+  answered, and the connection closes after the last of them (RFC 9112 9.3.2: a client
+  retries pipelined requests a closed connection left unanswered).
+
+The gateway speaks HTTP/1.1 only (`ws="none"`: it has no WebSocket route, so no handshake code
+runs). A request asking to `Upgrade` (websocket, h2c) is answered as the plain request it also
+is, except one with a body: llhttp treats the bytes after an upgrade head as the new protocol,
+never as the body, so such a request would lose its body (uvicorn's default answered a
+classify with `Upgrade: h2c` 400 `empty_image`, one with `Upgrade: websocket` never): it gets
+400 `bad_request` saying to drop the header.
 
 The limits travel on `GatewayServerConfig`, a `uvicorn.Config` that also pickles to worker
 processes. Body deadlines and memory admission are ASGI-level and live in `service.middleware`.
@@ -55,6 +69,7 @@ class ConnectionLimits:
     header_timeout_s: float = 5.0
     max_connections: int = 2048
     retry_after_s: int = 1
+    max_pipelined_requests: int = 16  # queued behind the one being answered, per connection
 
     def effective_max_connections(self) -> int:
         """`max_connections`, lowered to what this process's file-descriptor limit allows."""
@@ -68,7 +83,7 @@ class GatewayServerConfig(uvicorn.Config):
     """uvicorn's Config carrying the gateway's connection limits to every worker process."""
 
     def __init__(self, app: Any, *, connection_limits: ConnectionLimits, **kwargs: Any) -> None:
-        super().__init__(app, http=GuardedHttpToolsProtocol, **kwargs)
+        super().__init__(app, http=GuardedHttpToolsProtocol, ws="none", **kwargs)
         self.connection_limits = connection_limits
 
 
@@ -88,6 +103,22 @@ class _TooManyHeaders(Exception):
     """Raised from the parser callback; httptools hands it back as the error's context."""
 
 
+class _UpgradeWithBody(Exception):
+    """Raised from the parser callback: an Upgrade request whose body llhttp would drop."""
+
+
+class _PipelineFull(Exception):
+    """Raised from the parser callback when a connection queues too many pipelined requests."""
+
+
+def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request head announces a body (a non-zero Content-Length, or chunked)."""
+    return any(
+        name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
+        for name, value in headers
+    )
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with head size/count limits, a head deadline and a cap."""
 
@@ -101,6 +132,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_count = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._pipeline_full = False  # past max_pipelined_requests: nothing more is parsed
 
     # -- connection -------------------------------------------------------------------------
 
@@ -130,7 +162,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # -- bytes in ---------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self._pipeline_full:
             return
         if self._in_head:
             if self._head_bytes == 0 and self._head_timer is None:
@@ -140,6 +172,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _PipelineFull):
+                self._stop_pipeline()
+                return
+            if isinstance(exc.__context__, _UpgradeWithBody):
+                self._refuse(BadRequest(
+                    "a request with a body cannot ask to Upgrade (this server speaks HTTP/1.1 "
+                    "only): send it without the Upgrade header"
+                ))  # fmt: skip
+                return
             if isinstance(exc.__context__, _TooManyHeaders):
                 self._refuse(HeadersTooLarge(
                     f"request has more than {self._limits.max_headers} header fields "
@@ -148,11 +189,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 return
             self._refuse_invalid()
             return
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+        except httptools.HttpParserUpgrade as upgrade:
+            # Not upgraded (ws="none"): the request is answered as plain HTTP, and what follows
+            # its head is the next request (httptools has resumed the parser). No warning: any
+            # client may send the header. Recursion is bounded by max_pipelined_requests.
+            log.debug("ignored the Upgrade header of a request from %s", self.client)
+            rest = data[upgrade.args[0] :]
+            if rest:
+                self.data_received(rest)
             return
         except httptools.HttpParserError:
             self._refuse_invalid()
@@ -182,11 +226,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_head_timer()
+        if self.parser.should_upgrade() and _declares_body(self.headers):
+            raise _UpgradeWithBody
+        # uvicorn queues this request when the one before it is not answered yet.
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if busy and len(self.pipeline) >= self._limits.max_pipelined_requests:
+            raise _PipelineFull
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
+        if self._pipeline_full:
+            self.flow.pause_reading()  # uvicorn resumes after every answer; nothing more is read
+        elif not self.transport.is_closing():
             self._in_head = True  # the next head's clock starts with its first byte
             self._head_bytes = 0
 
@@ -212,6 +264,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             f"request headers did not arrive within {self._limits.header_timeout_s:g} s "
             f"(header_timeout_s; {self._head_bytes} bytes received)"
         ))  # fmt: skip
+
+    def _stop_pipeline(self) -> None:
+        """Too many pipelined requests: read and parse nothing more, answer the queued ones,
+        and close after the last (its response says `connection: close`)."""
+        self._pipeline_full = True
+        self.flow.pause_reading()
+        self.cycle.keep_alive = False
+        log.info(
+            "connection from %s pipelined more than %d requests; closing after those",
+            self.client, self._limits.max_pipelined_requests,
+        )  # fmt: skip
 
     def _refuse_invalid(self) -> None:
         self._refuse(BadRequest("invalid HTTP request: the request line or headers do not parse"))

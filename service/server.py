@@ -153,6 +153,7 @@ def config_kwargs(settings: Settings) -> dict[str, Any]:
             max_headers=settings.max_headers,
             header_timeout_s=settings.header_timeout_s,
             max_connections=settings.max_connections,
+            max_pipelined_requests=settings.max_pipelined_requests,
             retry_after_s=settings.retry_after_s,
         ),
         "host": settings.host,

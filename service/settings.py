@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     max_headers: int = Field(default=100, ge=8)
     header_timeout_s: float = Field(default=5.0, gt=0.0)  # open/first byte -> end of head
     max_connections: int = Field(default=2048, ge=1)  # per process, within the fd limit
+    # Requests one connection may pipeline behind the one being answered; past it, those are
+    # answered and the connection closes (uvicorn alone would queue without bound).
+    max_pipelined_requests: int = Field(default=16, ge=1)
 
     # Processes behind the one port (uvicorn's supervisor restarts any that dies). None: one
     # per available core (`available_cpus`: affinity and container CPU quota) for the

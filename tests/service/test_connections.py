@@ -176,6 +176,75 @@ def test_connections_beyond_the_cap_are_refused_with_503_and_retry_after() -> No
             assert read_response(s)[0] == 200
 
 
+def read_until_closed(s: socket.socket, timeout_s: float = 5.0) -> list[tuple[int, dict[str, str]]]:
+    """Every response on `s` until the server closes it: each one's status and lower-case
+    headers (bodies here are short and never contain a status line)."""
+    s.settimeout(timeout_s)
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := s.recv(65536):
+            data += chunk
+    out = []
+    for block in data.split(b"HTTP/1.1 ")[1:]:
+        lines = block.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        out.append((int(lines[0].split()[0]), headers))
+    return out
+
+
+CLOSE_REQUEST = b"GET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+
+
+def test_a_few_pipelined_requests_are_all_answered_on_a_kept_alive_connection() -> None:
+    with server(max_pipelined_requests=4) as port, connect(port) as s:
+        s.sendall(OK_REQUEST * 4 + CLOSE_REQUEST)  # one answered, four queued behind it
+        assert [status for status, _ in read_until_closed(s)] == [200] * 5
+
+
+def test_pipelining_past_the_depth_answers_what_was_queued_then_closes() -> None:
+    """A client that writes requests without reading answers must not grow the server's
+    queue: uvicorn alone parses and queues all of them (~1 KB each), reading on after every
+    answer. Past the depth the rest is dropped and the connection closes after the queued."""
+    with server(max_pipelined_requests=4) as port, connect(port) as s:
+        s.sendall(OK_REQUEST * 2000)
+        heads = [headers for _, headers in read_until_closed(s)]
+    assert len(heads) == 5, len(heads)  # the one in flight and the four queued
+    assert heads[-1]["connection"] == "close"
+    assert all("connection" not in h for h in heads[:-1])
+
+
+WS_HEAD = (b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")  # fmt: skip
+H2C_HEAD = (
+    b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQC\r\n"
+)
+
+
+@pytest.mark.parametrize("upgrade", [WS_HEAD, H2C_HEAD], ids=["websocket", "h2c"])
+def test_an_upgrade_without_a_body_is_answered_as_plain_http(upgrade: bytes) -> None:
+    """The gateway has no WebSocket route and speaks HTTP/1.1 only: the request is answered,
+    and the one pipelined after it too (uvicorn's default: 403 with an empty body for a
+    websocket, and the bytes after an h2c head dropped)."""
+    with server() as port, connect(port) as s:
+        s.sendall(b"GET /ok HTTP/1.1\r\nHost: t\r\n" + upgrade + b"\r\n" + CLOSE_REQUEST)
+        assert [status for status, _ in read_until_closed(s)] == [200, 200]
+
+
+@pytest.mark.parametrize("upgrade", [WS_HEAD, H2C_HEAD], ids=["websocket", "h2c"])
+@pytest.mark.parametrize(
+    "framing", [b"Content-Length: 3\r\n\r\nabc", b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"],
+    ids=["content-length", "chunked"],
+)  # fmt: skip
+def test_an_upgrade_with_a_body_gets_a_json_400(upgrade: bytes, framing: bytes) -> None:
+    """llhttp takes the bytes after an upgrade head for the new protocol, never for the body:
+    the request would lose its body (a classify got 400 `empty_image`, or no answer at all)."""
+    with server() as port, connect(port) as s:
+        s.sendall(b"POST /ok HTTP/1.1\r\nHost: t\r\n" + upgrade + framing)
+        status, headers, body = read_response(s)
+        assert status == 400 and headers["connection"] == "close"
+        assert "Upgrade" in json.loads(body)["detail"]
+
+
 def test_a_malformed_request_gets_a_json_400() -> None:
     with server() as port, connect(port) as s:
         s.sendall(b"NOT AN HTTP REQUEST\r\n\r\n")
