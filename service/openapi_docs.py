@@ -78,7 +78,10 @@ _IMAGES_JSON_SCHEMA = {
         "images": {
             "type": "array",
             "minItems": 1,
-            "items": {"type": "string", "description": "base64 (a data: URL prefix is accepted)"},
+            "items": {
+                "type": "string",
+                "description": "base64, standard or URL-safe, padded or not, line breaks ignored (a data: URL prefix is accepted)",
+            },
         }
     },
 }

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 import time
 from concurrent.futures import Executor
 from functools import partial
@@ -485,5 +486,34 @@ def _read_json(body: bytes, settings: Settings) -> list[bytes]:
         try:
             out.append(base64.b64decode(text, validate=True))
         except (binascii.Error, ValueError):
-            raise BadBase64(f"images[{i}] is not valid base64") from None
+            out.append(_lenient_b64(text, i))
     return out
+
+
+_B64_SPACE = str.maketrans("", "", " \t\r\n")
+_B64_URLSAFE = str.maketrans("-_", "+/")
+_NOT_B64 = re.compile(r"[^A-Za-z0-9+/=]")
+
+
+def _lenient_b64(text: str, index: int) -> bytes:
+    """Base64 as clients send it besides the strict form: wrapped in lines (MIME, the `base64`
+    tool), in the URL-safe alphabet (RFC 4648 section 5), or without its `=` padding. Anything
+    else is BadBase64 saying what is wrong."""
+    where = f"images[{index}] is not valid base64"
+    s = text.translate(_B64_SPACE).translate(_B64_URLSAFE)
+    bad = _NOT_B64.search(s)
+    if bad is not None:
+        ch = bad.group()
+        shown = repr(ch) if ch.isprintable() else f"U+{ord(ch):04X}"
+        raise BadBase64(f"{where}: character {shown} at position {bad.start()} is not in "
+                        "the base64 alphabet")  # fmt: skip
+    body = s.rstrip("=")
+    if "=" in body:
+        raise BadBase64(f"{where}: '=' padding in the middle, at position {body.index('=')}")
+    if len(body) % 4 == 1:
+        raise BadBase64(f"{where}: {len(body)} characters cannot be base64 (one too many or "
+                        "one missing)")  # fmt: skip
+    try:
+        return base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:  # not expected after the checks above
+        raise BadBase64(f"{where}: {exc}") from None

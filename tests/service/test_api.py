@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from prometheus_client.parser import text_string_to_metric_families
 
 from contract.manifest import InputSpec, Manifest
@@ -144,6 +147,46 @@ def test_classify_every_input_kind(
     assert set(body["timing_ms"]) == {"decode", "queue", "backend", "total"}
     timing = dict(re.findall(r"(\w+);dur=([\d.]+)", r.headers["server-timing"]))
     assert set(timing) == {"decode", "queue", "backend", "total"}
+
+
+def _unpadded(data: bytes) -> str:
+    return base64.b64encode(data).decode().rstrip("=")
+
+
+def _urlsafe_unpadded(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda d: base64.encodebytes(d).decode(),  # MIME: lines of 76 characters
+        lambda d: base64.b64encode(d).decode().replace("A", "A\r\n", 3),  # CRLF anywhere
+        lambda d: base64.urlsafe_b64encode(d).decode(),
+        _unpadded,
+        _urlsafe_unpadded,
+    ],
+    ids=["mime-lines", "crlf", "urlsafe", "unpadded", "urlsafe-unpadded"],
+)
+def test_json_base64_is_read_in_the_forms_clients_send(
+    api: httpx.Client, encode: Callable[[bytes], str]
+) -> None:
+    """Wrapped, URL-safe or unpadded base64 is what `base64` tools and URL-minded clients send;
+    each decodes to the same image (the strict form is test_classify_every_input_kind's)."""
+    noise = np.random.default_rng(1).integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)
+    noise[0, 0, 0] = 6  # the double's class: the first pixel's red value
+    meta = PngInfo()
+    meta.add_text("k", "vv")  # 16 bytes more: a length base64 pads
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="PNG", pnginfo=meta)
+    data = buf.getvalue()
+    strict = base64.b64encode(data)
+    text = encode(data)
+    assert text != strict.decode()  # each case exercises its own path
+    assert len(data) % 3 and b"+" in strict and b"/" in strict and len(strict) > 76
+    r = api.post("/v1/classify", json={"images": [text]})
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["top_k"][0]["class_id"] == 6
 
 
 def test_top_k_and_named_model_route(api: httpx.Client) -> None:

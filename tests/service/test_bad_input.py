@@ -145,6 +145,26 @@ def test_bad_input_is_refused_with_status_and_code(
         assert "top_k" in body["detail"]
 
 
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("not base64!!", "character '!' at position 9 is not in the base64 alphabet"),
+        ("QUJD\u00e9RUY=", "character 'é' at position 4"),
+        ("QUJD\x00", "character U+0000 at position 4"),
+        ("QUJD=RUY=", "'=' padding in the middle, at position 4"),
+        ("QUJDR", "5 characters cannot be base64"),
+    ],
+    ids=["punctuation", "non-ascii", "control", "padding-inside", "length"],
+)
+def test_bad_base64_says_what_is_wrong(embedded_gateway: LiveServer, text: str, says: str) -> None:
+    with httpx.Client(base_url=embedded_gateway.url, timeout=20) as client:
+        r = client.post("/v1/classify", json={"images": [base64.b64encode(GOOD).decode(), text]})
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert body["error"] == "bad_base64"
+    assert body["detail"].startswith("images[1] is not valid base64: ") and says in body["detail"]
+
+
 def test_still_serving_after_bad_input(gateway: LiveServer) -> None:
     with httpx.Client(base_url=gateway.url, timeout=20) as client:
         for _, kwargs, query, *_ in CASES[:4]:
