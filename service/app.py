@@ -74,6 +74,9 @@ def create_app(
         middleware=middleware.stack(settings, metrics),
         docs_url=None,  # served by service.api_docs from package data, not from a CDN
         redoc_url=None,
+        # a path with a trailing slash is a JSON 404, not Starlette's 307 with an empty body
+        # and a Location built from the client's Host header
+        redirect_slashes=False,
     )
     app.state.gateway = state
     app.include_router(routes.router)

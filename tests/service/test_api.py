@@ -210,6 +210,18 @@ def test_unknown_model_and_route_are_404_json(api: httpx.Client) -> None:
     assert_error(api.get("/v1/classify"), 405, "method_not_allowed")
 
 
+@pytest.mark.parametrize("path", ["/v1/classify/", f"/v1/models/{MODEL_NAME}/classify/", "/livez/"])
+def test_a_trailing_slash_is_a_json_404_not_a_redirect(api: httpx.Client, path: str) -> None:
+    """Starlette would answer 307 with an empty body and a Location built from the client's own
+    Host header; an API client gets the gateway's JSON error instead."""
+    r = api.request(
+        "POST" if "classify" in path else "GET", path, content=pixel(1),
+        headers={"content-type": "image/png", "host": "evil.example"},
+    )  # fmt: skip
+    assert "location" not in r.headers
+    assert_error(r, 404, "not_found")
+
+
 def test_request_id_is_echoed_when_sane_and_generated_otherwise(api: httpx.Client) -> None:
     assert api.get("/livez", headers={"x-request-id": "abc-123"}).headers["x-request-id"] == (
         "abc-123"
