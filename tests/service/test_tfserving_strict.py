@@ -1,0 +1,186 @@
+"""The tfserving backend against model servers stricter and less polite than our doubles.
+
+Each test meets a behaviour of real TF Serving (or of gRPC under it) that the stand-ins did not
+show, over real loopback gRPC (`ScriptedTFServing`, a grpc.aio server with gRPC's default
+options as TF Serving has them, or a bare one), and pins what the gateway must then do:
+
+* keepalive: TF Serving sets no keepalive policy (tensorflow_serving/model_servers/server.cc),
+  so gRPC's default applies: a client that pings more often than every 5 minutes with calls
+  open (2 hours without) gets strikes, and after two the server sends GOAWAY `too_many_pings`
+  and closes the connection; calls still on it fail UNAVAILABLE "Too many pings". The gateway
+  pings every 30 s (short here so the tests run in seconds: the client sends at most one ping a
+  second, so the third strike comes after about 3 s).
+* CANCELLED from the server or a proxy (our own cancellations are asyncio's).
+* gRPC's message-size limit: TF Serving takes 2 GiB (server.cc, SetMaxMessageSize), a server
+  left at gRPC's default 4 MiB refuses a full 224 x 224 bucket of 32.
+* The reply's `model_spec` (servables/tensorflow/util.cc, MakeModelSpec) names the version
+  that ran; GetModelStatus states are an open proto3 enum (apis/get_model_status.proto).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from contract.signatures import SIGNATURE_PIXELS
+from service.backends.tfserving import TFServingBackend
+from service.breaker import CircuitBreaker, State
+from service.errors import BackendError, BackendUnavailable
+from tests.service.scripted_tfserving import ScriptedTFServing, until
+from tests.service.test_tfserving_lifecycle import (
+    Export,
+    _client,
+    _images,
+    _probabilities_of,
+    _started,
+)
+
+PREDICT = f"Predict/{SIGNATURE_PIXELS}"
+
+
+@pytest.fixture(scope="module")
+def export(exported_model: Any) -> Export:
+    return Export(exported_model)
+
+
+def _v1(export: Export) -> dict[int, Any]:
+    return {1: export.version(1)}
+
+
+def _pinging(address: str, tmp_path: Path, **kwargs: Any) -> TFServingBackend:
+    """A backend that pings every 0.2 s (gRPC sends at most one a second), idle or not."""
+    return _client(address, tmp_path, keepalive_time_s=0.2, keepalive_timeout_s=5.0, **kwargs)
+
+
+# ------------------------------------------------------------------------------- keepalive
+
+
+async def test_an_idle_connection_closed_for_too_many_pings_costs_no_request(
+    export: Export, tmp_path: Path
+) -> None:
+    """What a default server does to the gateway's idle pings: after three it closes the
+    connection (the channel goes IDLE); the next Predict connects again and succeeds, and the
+    breaker never heard of it."""
+    async with (
+        ScriptedTFServing(export.metadata, _probabilities_of(3), versions=_v1(export)) as server,
+        _started(_pinging(server.address, tmp_path)) as backend,
+    ):
+        assert (await backend.predict(_images(2), timeout_s=5, version=1)).shape == (2, 3)
+        channel = backend._channel
+        assert channel is not None
+        assert channel.get_state() is grpc.ChannelConnectivity.READY
+        await until(lambda: channel.get_state() is not grpc.ChannelConnectivity.READY, 15)
+        assert (await backend.predict(_images(2), timeout_s=5, version=1)).shape == (2, 3)
+        assert backend.breaker._failures == 0
+
+
+async def test_calls_cut_by_a_too_many_pings_goaway_are_retried_without_opening_the_circuit(
+    export: Export, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Four Predicts in flight (the server holds them) when the server closes the connection
+    for too many pings: each fails UNAVAILABLE "Too many pings". Counted as outages they would
+    open a breaker of threshold 3 and the retries would meet circuit_open; the server is up, so
+    each is sent again on a new connection and answered, and the log says how to stop it."""
+    caplog.set_level(logging.WARNING, logger="service.backends.tfserving")
+    breaker = CircuitBreaker(failure_threshold=3, reset_s=30)
+    async with (
+        ScriptedTFServing(export.metadata, _probabilities_of(3), versions=_v1(export)) as server,
+        _started(_pinging(server.address, tmp_path, breaker=breaker)) as backend,
+    ):
+        server.hang_next[PREDICT] = 4
+        calls = [backend.predict(_images(1), timeout_s=15, version=1) for _ in range(4)]
+        answers = await asyncio.wait_for(asyncio.gather(*calls), 20)
+        assert [a.shape for a in answers] == [(1, 3)] * 4
+        assert len(server.asked("Predict")) - 1 == 8  # (serving_manifest once) 4 cut, 4 again
+        assert breaker.state is State.CLOSED
+    warnings = [r.getMessage() for r in caplog.records if "keepalive pings" in r.getMessage()]
+    assert len(warnings) == 1 and "grpc.keepalive_permit_without_calls=1" in warnings[0]
+
+
+# ------------------------------------------------------------------------------- status codes
+
+
+async def test_a_call_the_server_cancels_is_sent_again(export: Export, tmp_path: Path) -> None:
+    """CANCELLED that the gateway did not ask for (a proxy, a server shutting a call down):
+    Predict is read-only, so it is sent again within the budget; not an outage either."""
+    breaker = CircuitBreaker(failure_threshold=1, reset_s=30)
+    async with (
+        ScriptedTFServing(export.metadata, _probabilities_of(3), versions=_v1(export)) as server,
+        _started(_client(server.address, tmp_path, breaker=breaker)) as backend,
+    ):
+        server.fail_next[PREDICT] = [(grpc.StatusCode.CANCELLED, "Cancelled")]
+        assert (await backend.predict(_images(1), timeout_s=5, version=1)).shape == (1, 3)
+        assert len([r for r in server.asked("Predict")
+                    if r.model_spec.signature_name == SIGNATURE_PIXELS]) == 2  # fmt: skip
+        assert breaker.state is State.CLOSED
+        server.fail_next[PREDICT] = [(grpc.StatusCode.CANCELLED, "Cancelled")] * 100
+        with pytest.raises(BackendUnavailable, match="CANCELLED"):  # 503: try again later
+            await backend.predict(_images(1), timeout_s=0.5, version=1)
+        assert breaker.state is State.CLOSED
+
+
+@pytest.mark.parametrize(("limit", "refused"), [(4 << 20, True), (None, False)])
+async def test_a_request_over_the_servers_message_limit_is_a_502_that_says_so(
+    export: Export, tmp_path: Path, limit: int | None, refused: bool
+) -> None:
+    """A bucket of 32 224 x 224 images is 4.8 MB: TF Serving takes it (2 GiB limit); a server
+    left at gRPC's 4 MiB refuses it RESOURCE_EXHAUSTED every time. That is no overload to
+    retry later (503) but an error to fix: 502 naming the limit."""
+    versions = {1: export.version(1, side=224, batch_buckets=(1, 32))}
+    options = {} if limit is None else {"max_message_bytes": limit}
+    async with (
+        ScriptedTFServing(
+            export.metadata, _probabilities_of(3), versions=versions, **options
+        ) as server,
+        _started(_client(server.address, tmp_path)) as backend,
+    ):
+        images = np.zeros((32, 224, 224, 3), np.uint8)
+        if not refused:
+            assert (await backend.predict(images, timeout_s=10, version=1)).shape == (32, 3)
+            return
+        with pytest.raises(BackendError, match=r"size limit .*larger than max \(4816"):
+            await backend.predict(images, timeout_s=10, version=1)
+        assert backend.breaker.state is State.CLOSED
+
+
+# ------------------------------------------------------------------------------- replies
+
+
+async def test_a_reply_naming_another_version_than_pinned_is_refused(
+    export: Export, tmp_path: Path
+) -> None:
+    """TF Serving names the version that ran; rows of another version than the one pinned
+    would be read with the wrong contract (its labels), so the batch fails with 502."""
+
+    def from_v2(request: Any) -> Any:
+        reply = _probabilities_of(3)(request)
+        reply.model_spec.name, reply.model_spec.version.value = "tiny", 2
+        return reply
+
+    async with (
+        ScriptedTFServing(export.metadata, from_v2, versions=_v1(export)) as server,
+        _started(_client(server.address, tmp_path)) as backend,
+    ):
+        with pytest.raises(BackendError, match=r"pinned to model 'tiny' v1 was answered by v2"):
+            await backend.predict(_images(1), timeout_s=5, version=1)
+
+
+async def test_a_version_state_this_gateway_does_not_know_is_reported_not_fatal(
+    export: Export, tmp_path: Path
+) -> None:
+    """ModelVersionStatus.State is an open enum: a newer server's state 25 reads as
+    UNKNOWN(25) (never AVAILABLE), not a crash of the version poller."""
+    versions = {1: export.version(1), 2: export.version(2)}
+    async with (
+        ScriptedTFServing(export.metadata, versions=versions) as server,
+        _started(_client(server.address, tmp_path)) as backend,
+    ):
+        versions[2].state = 25  # type: ignore[assignment]
+        view = await backend.versions("tiny")
+        assert view.states == {1: "AVAILABLE", 2: "UNKNOWN(25)"} and view.available == [1]
