@@ -31,7 +31,7 @@ import pytest
 from contract.signatures import SIGNATURE_PIXELS
 from service.backends.tfserving import TFServingBackend
 from service.breaker import CircuitBreaker, State
-from service.errors import BackendError, BackendUnavailable
+from service.errors import BackendError, BackendStartupError, BackendUnavailable
 from tests.service.scripted_tfserving import ScriptedTFServing, until
 from tests.service.test_tfserving_lifecycle import (
     Export,
@@ -125,6 +125,29 @@ async def test_a_call_the_server_cancels_is_sent_again(export: Export, tmp_path:
         assert breaker.state is State.CLOSED
 
 
+class _Code42:
+    """A status code gRPC does not define (a newer or broken server): grpc-python sends
+    whatever `value[0]` says."""
+
+    value = (42, "forty-two")
+    name = "FORTY_TWO"
+
+
+async def test_a_status_code_grpc_does_not_know_is_a_502_with_the_servers_words(
+    export: Export, tmp_path: Path
+) -> None:
+    """The client reads it as UNKNOWN: one attempt, 502 with the server's message, and the
+    server counts as up (it answered)."""
+    async with (
+        ScriptedTFServing(export.metadata, _probabilities_of(3), versions=_v1(export)) as server,
+        _started(_client(server.address, tmp_path)) as backend,
+    ):
+        server.fail_next[PREDICT] = [(_Code42(), "a new kind of trouble")]  # type: ignore[list-item]
+        with pytest.raises(BackendError, match="answered UNKNOWN: a new kind of trouble"):
+            await backend.predict(_images(1), timeout_s=5, version=1)
+        assert backend.breaker.state is State.CLOSED and backend.breaker._failures == 0
+
+
 @pytest.mark.parametrize(("limit", "refused"), [(4 << 20, True), (None, False)])
 async def test_a_request_over_the_servers_message_limit_is_a_502_that_says_so(
     export: Export, tmp_path: Path, limit: int | None, refused: bool
@@ -184,3 +207,17 @@ async def test_a_version_state_this_gateway_does_not_know_is_reported_not_fatal(
         versions[2].state = 25  # type: ignore[assignment]
         view = await backend.versions("tiny")
         assert view.states == {1: "AVAILABLE", 2: "UNKNOWN(25)"} and view.available == [1]
+
+
+async def test_a_served_input_of_unknown_rank_is_refused_in_words(
+    export: Export, tmp_path: Path
+) -> None:
+    """GetModelMetadata may say a tensor's rank is unknown (TensorShapeProto.unknown_rank): the
+    gateway cannot check it against the manifest and refuses to start, saying so (not `[]`)."""
+    v1 = export.version(1)
+    v1.signatures.signature_def[SIGNATURE_PIXELS].inputs["images"].tensor_shape.unknown_rank = True
+    del v1.signatures.signature_def[SIGNATURE_PIXELS].inputs["images"].tensor_shape.dim[:]
+    async with ScriptedTFServing(export.metadata, versions={1: v1}) as server:
+        backend = _client(server.address, tmp_path)
+        with pytest.raises(BackendStartupError, match=r"Received: uint8 of unknown rank"):
+            await backend.start()
