@@ -28,7 +28,9 @@ import grpc
 import numpy as np
 import pytest
 
-from contract.signatures import SIGNATURE_PIXELS
+from contract import wire
+from contract.signatures import OUTPUT_PROBABILITIES, SIGNATURE_PIXELS
+from contract.tfs_protos import DataType
 from service.backends.tfserving import TFServingBackend
 from service.breaker import CircuitBreaker, State
 from service.errors import BackendError, BackendStartupError, BackendUnavailable
@@ -221,3 +223,45 @@ async def test_a_served_input_of_unknown_rank_is_refused_in_words(
         backend = _client(server.address, tmp_path)
         with pytest.raises(BackendStartupError, match=r"Received: uint8 of unknown rank"):
             await backend.start()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "name"),
+    [
+        (DataType.DT_HALF, "float16"),
+        (DataType.DT_BFLOAT16, "bfloat16"),
+        (DataType.DT_DOUBLE, "float64"),
+    ],
+)
+async def test_probabilities_of_another_float_type_are_refused_at_start(
+    export: Export, tmp_path: Path, dtype: DataType, name: str
+) -> None:
+    """A mixed-precision export whose softmax is float16 (TF Serving sends it in half_val) or
+    one in float64: the contract says float32, so that version gets no traffic, and the
+    reason names the dtype (the wire could widen them; the manifest would then lie)."""
+    v1 = export.version(1)
+    v1.signatures.signature_def[SIGNATURE_PIXELS].outputs[OUTPUT_PROBABILITIES].dtype = dtype
+    async with ScriptedTFServing(export.metadata, versions={1: v1}) as server:
+        with pytest.raises(
+            BackendStartupError, match=rf"expected float32\[\?,3\]\. Received: {name}"
+        ):
+            await _client(server.address, tmp_path).start()
+
+
+async def test_outputs_beyond_the_one_asked_for_are_ignored(export: Export, tmp_path: Path) -> None:
+    """A server that ignores `output_filter` and sends every output: the probabilities are
+    read, the rest is not in the way."""
+
+    def everything(request: Any) -> Any:
+        reply = _probabilities_of(3)(request)
+        n = request.inputs["images"].tensor_shape.dim[0].size
+        reply.outputs["top_k_ids"].CopyFrom(wire.array_tensor(np.zeros((n, 3), np.int32)))
+        reply.outputs["extra"].CopyFrom(wire.array_tensor(np.array([b"x"] * n, dtype=object)))
+        return reply
+
+    async with (
+        ScriptedTFServing(export.metadata, everything, versions=_v1(export)) as server,
+        _started(_client(server.address, tmp_path)) as backend,
+    ):
+        probs = await backend.predict(_images(2), timeout_s=5, version=1)
+        assert probs.shape == (2, 3) and np.allclose(probs, 1 / 3)
