@@ -13,6 +13,8 @@ tensorflow/serving at tag 2.19.1, the files named below, under tensorflow_servin
   server_core.cc): a version that is not AVAILABLE is NOT_FOUND `Servable not found for
   request: Specific(<m>, <v>)`, an unknown label INVALID_ARGUMENT `Unrecognized servable
   version label: <l>`, no version and no label the latest AVAILABLE.
+* GetModelMetadata without `metadata_field`, or with a field other than `signature_def`:
+  INVALID_ARGUMENT, before the lookup (servables/tensorflow/get_model_metadata_impl.cc).
 * Predict of a signature the export lacks: FAILED_PRECONDITION `Serving signature key "<s>"
   not found.` (predict_util.cc); the reply's `model_spec` names the version that answered.
 
@@ -179,6 +181,15 @@ class ScriptedTFServing:
     async def _metadata(self, request: Any, context: Any) -> Any:
         by_label = "label" if request.model_spec.version_label else ""
         await self._arrive("GetModelMetadata", request, context, by_label)
+        # Checked before the servable lookup (get_model_metadata_impl.cc,
+        # ValidateGetModelMetadataRequest): only "signature_def" exists.
+        if not request.metadata_field:
+            message = "GetModelMetadataRequest must specify at least one metadata_field"
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        for field in request.metadata_field:
+            if field != "signature_def":
+                message = f"Metadata field {field} is not supported"
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
         version = await self._servable(request.model_spec, context)
         reply = tfs_protos.GetModelMetadataResponse()
         reply.CopyFrom(self.metadata)

@@ -265,3 +265,21 @@ async def test_outputs_beyond_the_one_asked_for_are_ignored(export: Export, tmp_
     ):
         probs = await backend.predict(_images(2), timeout_s=5, version=1)
         assert probs.shape == (2, 3) and np.allclose(probs, 1 / 3)
+
+
+async def test_a_server_that_refuses_version_labels_has_no_labels(
+    export: Export, tmp_path: Path
+) -> None:
+    """TF Serving with allow_version_labels off refuses every label lookup INVALID_ARGUMENT
+    (model_servers/server_core.cc, ServableRequestFromModelSpec): the versions are still
+    read, no label points anywhere, and the answer is no outage."""
+    refused = "ModelSpec has 'version_label' set, but it is not currently allowed by the server."
+    versions = {1: export.version(1), 2: export.version(2)}
+    async with (
+        ScriptedTFServing(export.metadata, versions=versions, labels={"stable": 1}) as server,
+        _started(_client(server.address, tmp_path)) as backend,
+    ):
+        server.fail_next["GetModelMetadata/label"] = [(grpc.StatusCode.INVALID_ARGUMENT, refused)]
+        view = await backend.versions("tiny", ("stable",))
+        assert view.available == [1, 2] and view.labels == {}
+        assert backend.breaker.state is State.CLOSED
