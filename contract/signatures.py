@@ -108,7 +108,9 @@ def check_signature(
                 )
             got_dtype, got_shape = tensors[name]
             if got_dtype != dtype or not _shape_matches(got_shape, shape):
+                # () is also how a shape of unknown rank arrives (wire.tensor_sig)
+                got = format_shape(got_shape) if got_shape else " of unknown rank (or a scalar)"
                 raise SignatureMismatch(
                     f"{where}: {kind} {name!r} does not match the manifest: expected "
-                    f"{dtype}{format_shape(shape)}. Received: {got_dtype}{format_shape(got_shape)}"
+                    f"{dtype}{format_shape(shape)}. Received: {got_dtype}{got}"
                 )

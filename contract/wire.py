@@ -9,6 +9,9 @@ only. A TensorProto carries its values in one of two ways, and TF reads both:
                      float16 and bfloat16 as 16-bit patterns, string_val for strings).
                      A single value fills the whole shape, as `tf.make_ndarray` allows.
 
+A string tensor's tensor_content is TF's string list (`string_list_bytes`): TF Serving sends
+that with `--enable_serialization_as_tensor_content`, for every output, strings included.
+
 Parsing is strict: the dtype must be the one expected, the declared shape must match the
 expected one, and the values must fill that shape exactly, or a TensorError says which.
 
@@ -196,6 +199,8 @@ def _shape_matches(dims: tuple[int, ...], expected: Sequence[int | None]) -> boo
 def _from_content(
     content: bytes, kind: _Kind, dims: tuple[int, ...], count: int, name: str
 ) -> np.ndarray:
+    if kind.dtype == DataType.DT_STRING:
+        return _string_list(content, count, name).reshape(dims)
     if not kind.content:
         raise TensorError(
             f"{name} of dtype {kind.name} must use {kind.field}, not tensor_content. "
@@ -211,6 +216,40 @@ def _from_content(
     if kind.dtype == DataType.DT_BFLOAT16:
         return _widen_bfloat16(flat).reshape(dims)
     return flat.astype(kind.array).reshape(dims)  # astype copies: writable, native order
+
+
+def string_list_bytes(values: Sequence[bytes]) -> bytes:
+    """A string tensor's tensor_content as TF writes it (tensorflow/core/platform/
+    tensor_coding.cc, EncodeStringList, which Tensor::AsProtoTensorContent uses for DT_STRING):
+    every length as a varint32, then every string's bytes. TF Serving replies so with
+    `--enable_serialization_as_tensor_content` (predict_util.cc, PostProcessPredictionResult)."""
+    return b"".join(_varint(len(v)) for v in values) + b"".join(values)
+
+
+def _string_list(content: bytes, count: int, name: str) -> np.ndarray:
+    """`string_list_bytes` read back (TF's DecodeStringList): `count` strings, or TensorError."""
+    sizes: list[int] = []
+    pos = 0
+    while len(sizes) < count and pos < len(content):
+        size, shift = 0, 0
+        while pos < len(content) and shift <= 28:
+            byte = content[pos]
+            pos += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                sizes.append(size)
+                break
+    if len(sizes) != count or sum(sizes) != len(content) - pos:
+        raise TensorError(
+            f"{name} of {count} strings in tensor_content must be TF's string list (each "
+            f"length as a varint, then the bytes). Received: {len(content)} bytes that are not"
+        )
+    out = np.empty(count, dtype=object)
+    for i, size in enumerate(sizes):
+        out[i] = content[pos : pos + size]
+        pos += size
+    return out
 
 
 def _from_values(values: Sequence[Any], kind: _Kind, count: int, name: str) -> np.ndarray:

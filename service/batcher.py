@@ -20,7 +20,9 @@ accepted and failing late. When the model server answers that its own queue is f
 Serving's batching queue; the backend raises QueueFull), that batch's requests get 503 and the
 batcher pauses: no new work is admitted or sent for a moment that doubles while the server
 keeps saying so (`service.admission.OverloadPause`). A failing batch fails only its own
-futures; a bug in one dispatch is logged and the next event dispatches again.
+futures; a bug in one dispatch is logged and the next event dispatches again. A row that is
+not finite (NaN or infinity: a broken model, e.g. float16 overflow) fails only its own image
+with 502, never an answer whose scores would be `null`.
 """
 
 from __future__ import annotations
@@ -80,6 +82,14 @@ class BatcherStats:
     @property
     def mean_batch(self) -> float:
         return self.images / self.backend_calls if self.backend_calls else 0.0
+
+
+def _not_finite(row: np.ndarray) -> BackendError:
+    bad = np.flatnonzero(~np.isfinite(row))
+    return BackendError(
+        f"the model returned non-finite probabilities for this image: {bad.size} of "
+        f"{row.size} classes, e.g. class {int(bad[0])} = {float(row[bad[0]])}"
+    )
 
 
 @dataclass
@@ -417,6 +427,8 @@ class MicroBatcher:
                 continue
             if error is not None or probs is None:
                 item.future.set_exception(error or BackendError("backend returned nothing"))
+            elif not np.isfinite(probs[i]).all():  # orjson would answer `null` scores
+                item.future.set_exception(_not_finite(probs[i]))
             else:
                 item.future.set_result(
                     ImageResult(probs[i].copy(), t0 - item.enqueued, backend_s, n)

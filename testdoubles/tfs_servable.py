@@ -31,6 +31,7 @@ from google.protobuf.message import DecodeError
 from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from contract import wire
 from contract.manifest import WARMUP_RELPATH
 from testdoubles.tfs_batching import Arrays, BatchingOptions, BatchQueue, SharedBatchScheduler
 from testdoubles.tfs_status import TFSError, code_of, invalid
@@ -85,12 +86,22 @@ def _type_name(dtype: int) -> str:
     return _TF_TYPE_NAMES.get(name, name)
 
 
+def _bytes(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
 def serialize(array: np.ndarray, *, tensor_content: bool) -> Any:
     """One output as TF Serving writes it: typed `*_val` fields, or `tensor_content`."""
     if tensor_content:
-        # AsProtoTensorContent; strings stay in string_val (TF's own string encoding in
-        # tensor_content is not something our clients read).
-        return tf.make_tensor_proto(array)
+        # Tensor::AsProtoTensorContent, for every dtype (predict_util.cc,
+        # PostProcessPredictionResult): strings too, as TF's string list (tensor_coding.cc,
+        # EncodeStringList), which tf.make_tensor_proto never writes.
+        if array.dtype.kind not in "SUO":
+            return tf.make_tensor_proto(array)
+        proto = tensor_pb2.TensorProto(dtype=tf.string.as_datatype_enum)
+        proto.tensor_shape.CopyFrom(tf.TensorShape(array.shape).as_proto())
+        proto.tensor_content = wire.string_list_bytes([_bytes(v) for v in array.ravel().tolist()])
+        return proto
     dtype = tf.dtypes.as_dtype(array.dtype)
     proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum)
     for size in array.shape:
@@ -102,7 +113,7 @@ def serialize(array: np.ndarray, *, tensor_content: bool) -> Any:
     if field == "half_val":
         values: Any = flat.view(np.uint16).tolist()
     elif field == "string_val":
-        values = [v if isinstance(v, bytes) else str(v).encode() for v in flat.tolist()]
+        values = [_bytes(v) for v in flat.tolist()]
     else:
         values = flat.tolist()
     getattr(proto, field).extend(values)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -79,6 +80,26 @@ TFS_QUEUE_FULL = "The batch scheduling queue to which this task was submitted is
 TFS_VERSION_NOT_FOUND = "Servable not found for request: Specific("
 # A signature the export does not have: servables/tensorflow/predict_util.cc, RunPredict.
 TFS_NO_SIGNATURE = 'Serving signature key "{}" not found.'
+# gRPC's own RESOURCE_EXHAUSTED for a message over a channel's or server's size limit ("SERVER:
+# Received message larger than max (5242880 vs. 4194304)", "CLIENT: Sent message ..."): the same
+# call fails the same way every time, so it is an error to report, not an overload to wait out.
+# TF Serving itself accepts up to 2 GiB (model_servers/server.cc, SetMaxMessageSize(INT32_MAX)).
+_TOO_LARGE = re.compile(r"(Received|Sent) message larger than max")
+# A server with gRPC's default keepalive policy (TF Serving sets none: model_servers/server.cc)
+# closes a connection whose client pings more often than it allows (GOAWAY ENHANCE_YOUR_CALM
+# "too_many_pings"); calls still on it fail UNAVAILABLE "Too many pings". The server is up: retry
+# on a new connection, and do not count it against the breaker.
+_TOO_MANY_PINGS = "too many pings"
+_PING_FLAGS = (
+    "--grpc_channel_arguments=grpc.keepalive_permit_without_calls=1,"
+    "grpc.http2.min_ping_interval_without_data_ms=10000"
+)
+# Retried within the request's budget: the server could not take the call (down, restarting,
+# the connection cut); CANCELLED reaches us only from the server or a proxy (our own
+# cancellation is asyncio's CancelledError).
+_RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+# Neither a success nor a failure for the breaker: the deadline is ours, the cut is not an answer.
+_SAYS_NOTHING = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 _HEADROOM_BYTES = 1 << 20  # protobuf framing, metadata, other outputs
 _DEFAULT_MAX_MESSAGE = 4 << 20  # gRPC's own default; enough for status and metadata
 
@@ -91,6 +112,15 @@ def probabilities(proto: Any, n: int, classes: int) -> np.ndarray:
         )
     except TensorError as exc:
         raise BackendError(str(exc)) from None
+
+
+def _state_name(state: int) -> str:
+    """ModelVersionStatus.State's name; a value this gateway does not know (proto3 enums are
+    open: a newer server may add one) is `UNKNOWN(<n>)`, never served and never a crash."""
+    try:
+        return ModelVersionState(state).name
+    except ValueError:
+        return f"UNKNOWN({state})"
 
 
 class TFServingBackend:
@@ -133,6 +163,7 @@ class TFServingBackend:
         self._contracts: dict[tuple[str, int], Manifest] = {}  # checked, per (model, version)
         self._ready_at = 0.0
         self._ready_value = False
+        self._pings_refused = False  # warned once that the server refuses our keepalive pings
         self.breaker = breaker or CircuitBreaker()
 
     @classmethod
@@ -208,11 +239,14 @@ class TFServingBackend:
     async def _call(
         self, what: str, rpc: Callable[[float], Awaitable[T]], *, timeout_s: float
     ) -> T:
-        """Run `rpc(deadline_left)`, retrying UNAVAILABLE with backoff while time remains.
+        """Run `rpc(deadline_left)`, retrying while time remains what may succeed next time.
 
         Each attempt asks the breaker first (CircuitOpen while it is open) and reports back:
-        UNAVAILABLE is a failure, any answer from the server a success, cancellation neither.
-        TF Serving's full batching queue is an answer: QueueFull (503) at once, no retry.
+        UNAVAILABLE is a failure, any answer from the server a success, and neither counts
+        when the attempt says nothing about the server (cancelled by us, our deadline, a
+        connection the server closed for too many keepalive pings). UNAVAILABLE and CANCELLED
+        are retried with backoff (every RPC we send is read-only: safe to send again); TF
+        Serving's full batching queue is an answer: QueueFull (503) at once, no retry.
         """
         deadline = time.monotonic() + timeout_s
         backoff = self._retry_backoff_s
@@ -231,14 +265,17 @@ class TFServingBackend:
                         f"{what}: TF Serving at {self._address} is overloaded: {details}",
                         retry_after_s=self._retry_after_s,
                     ) from None
-                if code == grpc.StatusCode.UNAVAILABLE:
+                pings = code == grpc.StatusCode.UNAVAILABLE and _TOO_MANY_PINGS in details.lower()
+                if pings:
+                    self._warn_too_many_pings(details)
+                if code == grpc.StatusCode.UNAVAILABLE and not pings:
                     self.breaker.record_failure()
-                elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    self.breaker.record_neutral()  # slow is not down; the deadline is ours
+                elif code in _SAYS_NOTHING or pings:
+                    self.breaker.record_neutral()  # slow or cut off is not down
                 else:
                     self.breaker.record_success()  # it answered: the server is up
                 left = deadline - time.monotonic()
-                if code == grpc.StatusCode.UNAVAILABLE and left > backoff * 2:
+                if code in _RETRIED and left > backoff * 2:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 0.5)
                     continue
@@ -249,9 +286,26 @@ class TFServingBackend:
             self.breaker.record_success()
             return result
 
+    def _warn_too_many_pings(self, details: str) -> None:
+        if self._pings_refused:
+            return
+        self._pings_refused = True
+        log.warning(
+            "TF Serving at %s closed the connection for too many keepalive pings (%s); calls "
+            "on it are retried. Start it with %s to accept the gateway's pings",
+            self._address,
+            details,
+            _PING_FLAGS,
+        )
+
     def _map_error(self, what: str, code: grpc.StatusCode, details: str) -> Exception:
         where = f"TF Serving at {self._address}"
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE.search(details):
+            return BackendError(
+                f"{what}: a message to or from {where} is over a gRPC size limit ({details}); "
+                "raise the model server's max message size (TF Serving's is 2 GiB)"
+            )
+        if code in (*_RETRIED, grpc.StatusCode.RESOURCE_EXHAUSTED):
             return BackendUnavailable(
                 f"{what}: {where} is unavailable ({code.name}): {details}",
                 retry_after_s=self._retry_after_s,
@@ -334,7 +388,7 @@ class TFServingBackend:
         states: dict[int, str] = {}
         errors: dict[int, str] = {}
         for s in reply.model_version_status:
-            states[s.version] = ModelVersionState(s.state).name
+            states[s.version] = _state_name(s.state)
             if s.status.error_code:
                 errors[s.version] = s.status.error_message
         found = await asyncio.gather(*(self._label_version(model, label) for label in labels))
@@ -468,7 +522,17 @@ class TFServingBackend:
             raise BackendError(
                 f"Predict reply has no {OUTPUT_PROBABILITIES!r}. Received: {sorted(reply.outputs)}"
             )
-        served = int(reply.model_spec.version.value) if version is None else version
+        named = (
+            int(reply.model_spec.version.value) if reply.model_spec.HasField("version") else None
+        )
+        if version is not None and named not in (None, version):
+            # TF Serving names the version it ran (servables/tensorflow/util.cc, MakeModelSpec):
+            # another one's rows may have other classes than the contract they would be read by.
+            raise BackendError(
+                f"Predict pinned to model {model!r} v{version} was answered by v{named} "
+                f"(TF Serving at {self._address}): refusing rows read against another contract"
+            )
+        served = (named or 0) if version is None else version
         answered = self._contracts.get((model, served)) or await self.contract(model, served)
         return probabilities(
             reply.outputs[OUTPUT_PROBABILITIES], images.shape[0], answered.num_classes

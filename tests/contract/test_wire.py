@@ -217,6 +217,21 @@ def test_bfloat16_is_read_as_float32_from_content_and_half_val(tf: Any) -> None:
     np.testing.assert_array_equal(from_values, tf.make_ndarray(as_values).astype(np.float32))
 
 
+def test_string_tensor_content_is_tfs_string_list(tf: Any) -> None:
+    """TF Serving's --enable_serialization_as_tensor_content writes strings as TF's string list
+    (Tensor::AsProtoTensorContent); TensorFlow itself reads what we encode, and we read it
+    back: long strings (two-byte lengths), empty ones, any bytes."""
+    strings = [b"cat", b"", b"\xff\x00" * 100, "ç".encode(), b"{" * 20000]
+    proto = tfs_protos.TensorProto(
+        dtype=DataType.DT_STRING, tensor_content=wire.string_list_bytes(strings)
+    )
+    proto.tensor_shape.dim.add(size=5)
+    by_tf = tf.io.parse_tensor(proto.SerializeToString(), tf.string).numpy().tolist()
+    assert by_tf == strings  # TF's own DecodeStringList agrees with our encoding
+    got = wire.tensor_array(proto, dtype="string", shape=(5,))
+    assert got.dtype == object and got.tolist() == strings
+
+
 def test_string_val(tf: Any) -> None:
     strings = np.array([[b"cat", b""], [b"\xff\x00", "ç".encode()]], dtype=object)
     real = tf.make_tensor_proto(strings)
@@ -257,7 +272,11 @@ REFUSALS = [
     (dict(dtype=DataType.DT_UINT8, shape=(2,), int_val=[1, 300]), "uint8", None, TensorError,
      r"uint8 needs int_val values in \[0, 255\]\. Received: 300"),
     (dict(dtype=DataType.DT_STRING, shape=(1,), tensor_content=b"ab"), "string", None,
-     TensorError, r"must use string_val, not tensor_content\. Received: 2 bytes"),
+     TensorError, r"1 strings in tensor_content must be TF's string list .* Received: 2 bytes"),
+    (dict(dtype=DataType.DT_STRING, shape=(2,), tensor_content=b"\x01a"), "string", None,
+     TensorError, r"2 strings in tensor_content .* Received: 2 bytes"),
+    (dict(dtype=DataType.DT_STRING, shape=(1,), tensor_content=b"\x80\x80"), "string", None,
+     TensorError, r"1 strings in tensor_content .* Received: 2 bytes"),
     (dict(dtype=F32, shape=(-1, 3), float_val=[1.0] * 3), "float32", None, TensorError,
      r"fully known shape\. Received: shape=\(-1, 3\)"),
     (dict(dtype=F32, shape=(2,), float_val=[1.0] * 2), "complex64", None, ContractError,

@@ -13,6 +13,8 @@ tensorflow/serving at tag 2.19.1, the files named below, under tensorflow_servin
   server_core.cc): a version that is not AVAILABLE is NOT_FOUND `Servable not found for
   request: Specific(<m>, <v>)`, an unknown label INVALID_ARGUMENT `Unrecognized servable
   version label: <l>`, no version and no label the latest AVAILABLE.
+* GetModelMetadata without `metadata_field`, or with a field other than `signature_def`:
+  INVALID_ARGUMENT, before the lookup (servables/tensorflow/get_model_metadata_impl.cc).
 * Predict of a signature the export lacks: FAILED_PRECONDITION `Serving signature key "<s>"
   not found.` (predict_util.cc); the reply's `model_spec` names the version that answered.
 
@@ -36,6 +38,9 @@ from contract.signatures import OUTPUT_MANIFEST, OUTPUT_PROBABILITIES, SIGNATURE
 from service.backends.tfserving import TFS_NO_SIGNATURE
 
 State = tfs_protos.ModelVersionState
+# TF Serving's limit on messages both ways (model_servers/server.cc:
+# `builder.SetMaxMessageSize(std::numeric_limits<int32_t>::max())`); gRPC's default is 4 MiB.
+TFS_MAX_MESSAGE_BYTES = 2**31 - 1
 HANG_S = 60.0  # "never answers": longer than any deadline a test gives the backend
 
 
@@ -72,12 +77,16 @@ def metadata_reply(sig_map: Any) -> Any:
 class ScriptedTFServing:
     """A gRPC server speaking TF Serving's API for one model, `name`, from a script.
 
-    `metadata` is the GetModelMetadataResponse every version answers with (None: the server
-    never answers GetModelMetadata); `predict` builds the replies of `serving_default`;
-    `versions` defaults to version 1 AVAILABLE without a `serving_manifest` signature (an older
-    export, so the backend reads the manifest on disk). `hang` names the calls that never
-    get an answer: "GetModelStatus", "GetModelMetadata", "GetModelMetadata/label" (by
-    label only), "Predict/<signature>". The first `loading_polls` status answers say LOADING.
+        `metadata` is the GetModelMetadataResponse every version answers with (None: the server
+        never answers GetModelMetadata); `predict` builds the replies of `serving_default`;
+        `versions` defaults to version 1 AVAILABLE without a `serving_manifest` signature (an older
+        export, so the backend reads the manifest on disk). `hang` names the calls that never
+        get an answer: "GetModelStatus", "GetModelMetadata", "GetModelMetadata/label" (by
+        label only), "Predict/<signature>"; `hang_next` and `fail_next` script the next few calls
+    of one of those keys (no answer; an error). The first `loading_polls` status answers say
+    LOADING. Its gRPC server has gRPC's default options but the message size (2 GiB both ways,
+    or `max_message_bytes`), as TF Serving's (model_servers/server.cc): it closes connections
+    whose client pings too often.
     """
 
     def __init__(
@@ -91,6 +100,7 @@ class ScriptedTFServing:
         hang: Collection[str] = (),
         loading_polls: int = 0,
         status_hangs: bool = False,
+        max_message_bytes: int = TFS_MAX_MESSAGE_BYTES,
     ) -> None:
         self.metadata, self.predict, self.name = metadata, predict, name
         self.versions = versions if versions is not None else {1: ScriptedVersion()}
@@ -100,20 +110,32 @@ class ScriptedTFServing:
             self.hang.add("GetModelMetadata")
         self.loading_polls = loading_polls
         self.predict_delay_s = 0.0  # serving_default answers after this long
+        # Per call key (as in `hang`): how many of the next such calls never get an answer,
+        # and the errors (code, details) the next such calls get, one per call.
+        self.hang_next: dict[str, int] = {}
+        self.fail_next: dict[str, list[tuple[grpc.StatusCode, str]]] = {}
         self.requests: list[tuple[str, Any]] = []  # (rpc, request), in arrival order
-        self.server = grpc.aio.server()
+        limit = [("grpc.max_receive_message_length", max_message_bytes),
+                 ("grpc.max_send_message_length", max_message_bytes)]  # fmt: skip
+        self.server = grpc.aio.server(options=limit)
 
     def asked(self, rpc: str) -> list[Any]:
         """The requests of `rpc` received so far."""
         return [request for name, request in self.requests if name == rpc]
 
-    async def _arrive(self, rpc: str, request: Any, key: str = "") -> None:
+    async def _arrive(self, rpc: str, request: Any, context: Any, key: str = "") -> None:
         self.requests.append((rpc, request))
-        if rpc in self.hang or f"{rpc}/{key}" in self.hang:
+        keyed = f"{rpc}/{key}"
+        if rpc in self.hang or keyed in self.hang:
             await asyncio.sleep(HANG_S)
+        if self.hang_next.get(keyed, 0) > 0:
+            self.hang_next[keyed] -= 1
+            await asyncio.sleep(HANG_S)
+        if self.fail_next.get(keyed):
+            await context.abort(*self.fail_next[keyed].pop(0))
 
     async def _status(self, request: Any, context: Any) -> Any:
-        await self._arrive("GetModelStatus", request)
+        await self._arrive("GetModelStatus", request, context)
         spec = request.model_spec
         if spec.name != self.name or not self.versions:
             await context.abort(
@@ -158,7 +180,16 @@ class ScriptedTFServing:
 
     async def _metadata(self, request: Any, context: Any) -> Any:
         by_label = "label" if request.model_spec.version_label else ""
-        await self._arrive("GetModelMetadata", request, by_label)
+        await self._arrive("GetModelMetadata", request, context, by_label)
+        # Checked before the servable lookup (get_model_metadata_impl.cc,
+        # ValidateGetModelMetadataRequest): only "signature_def" exists.
+        if not request.metadata_field:
+            message = "GetModelMetadataRequest must specify at least one metadata_field"
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        for field in request.metadata_field:
+            if field != "signature_def":
+                message = f"Metadata field {field} is not supported"
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
         version = await self._servable(request.model_spec, context)
         reply = tfs_protos.GetModelMetadataResponse()
         reply.CopyFrom(self.metadata)
@@ -170,7 +201,7 @@ class ScriptedTFServing:
 
     async def _predict(self, request: Any, context: Any) -> Any:
         signature = request.model_spec.signature_name
-        await self._arrive("Predict", request, signature)
+        await self._arrive("Predict", request, context, signature)
         version = await self._servable(request.model_spec, context)
         if signature == SIGNATURE_MANIFEST:
             manifest = self.versions[version].manifest

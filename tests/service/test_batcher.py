@@ -805,3 +805,29 @@ async def test_a_drain_waits_for_the_queue_behind_a_busy_slot() -> None:
     await asyncio.wait_for(closing, 5)
     assert first.done() and second.done() and batcher.queue_depth == 0
     assert second.result()[0].probabilities[0] == 2
+
+
+async def test_a_row_that_is_not_finite_fails_only_its_own_image() -> None:
+    """A broken model (float16 overflow, bad weights) answers NaN or infinity for one image:
+    that image gets 502 (its scores would be JSON `null`), the others in the batch their rows."""
+
+    class Broken(RecordingBackend):
+        async def predict(self, images: np.ndarray, *, timeout_s: float, **_: object) -> np.ndarray:
+            out = await super().predict(images, timeout_s=timeout_s)
+            out[images[:, 0, 0, 0] == 7, 1] = np.nan
+            out[images[:, 0, 0, 0] == 8, 2] = np.inf
+            return out
+
+    backend = Broken()
+    batcher = make(backend)
+    await batcher.start()
+    results = await asyncio.gather(
+        *(batcher.submit([image(v)], deadline=later()) for v in (6, 7, 8, 9)),
+        return_exceptions=True,
+    )
+    await batcher.close()
+    assert len(backend.calls) == 1
+    ok, nan, inf, ok2 = results
+    assert isinstance(nan, BackendError) and "class 1 = nan" in nan.detail
+    assert isinstance(inf, BackendError) and "class 2 = inf" in inf.detail
+    assert [r[0].probabilities[0] for r in (ok, ok2)] == [6, 9]  # type: ignore[index]

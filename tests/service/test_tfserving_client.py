@@ -317,6 +317,7 @@ def _rpc_error(code: grpc.StatusCode, details: str = "boom") -> grpc.aio.AioRpcE
     ("code", "error", "attempts"),
     [
         (grpc.StatusCode.UNAVAILABLE, BackendUnavailable, "many"),
+        (grpc.StatusCode.CANCELLED, BackendUnavailable, "many"),  # by the server, not by us
         (grpc.StatusCode.RESOURCE_EXHAUSTED, BackendUnavailable, "one"),
         (grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded, "one"),
         (grpc.StatusCode.INVALID_ARGUMENT, BackendError, "one"),
@@ -324,7 +325,7 @@ def _rpc_error(code: grpc.StatusCode, details: str = "boom") -> grpc.aio.AioRpcE
         (grpc.StatusCode.INTERNAL, BackendError, "one"),
     ],
 )
-async def test_status_codes_map_and_only_unavailable_retries(
+async def test_status_codes_map_and_only_unavailable_and_cancelled_retry(
     code: grpc.StatusCode, error: type[Exception], attempts: str
 ) -> None:
     backend = TFServingBackend(address="127.0.0.1:1", model_name="m", model_base=Path("."))

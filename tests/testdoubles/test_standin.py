@@ -60,16 +60,24 @@ def test_predict_matches_the_keras_model_in_float_val(exported_model: Any, stub:
 
 
 def test_tensor_content_option(exported_model: Any) -> None:
+    """Every output in tensor_content (Tensor::AsProtoTensorContent), strings included, as
+    TF's string list: TensorFlow's own parser reads the manifest back."""
     options = ServerOptions(enable_serialization_as_tensor_content=True)
+    manifest = predict_pb2.PredictRequest()
+    manifest.model_spec.name, manifest.model_spec.signature_name = "tiny", "serving_manifest"
+    manifest.inputs["unused"].CopyFrom(tf.make_tensor_proto(np.zeros(1, np.int32)))
     with (
         StandIn(exported_model.model_base, "tiny", options=options) as server,
         grpc.insecure_channel(server.address) as ch,
     ):
-        reply = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(
-            predict_request(images(2)), timeout=10
-        )
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
+        reply = stub.Predict(predict_request(images(2)), timeout=10)
+        text = stub.Predict(manifest, timeout=10).outputs["manifest"]
     probs = reply.outputs["probabilities"]
     assert len(probs.tensor_content) == 2 * 3 * 4 and not probs.float_val
+    assert text.tensor_content and not text.string_val
+    [row] = tf.io.parse_tensor(text.SerializeToString(), tf.string).numpy().tolist()
+    assert row == (exported_model.model_base / "tiny/1/assets.extra/manifest.json").read_bytes()
 
 
 def test_output_filter_and_pinned_version(stub: Any) -> None:
