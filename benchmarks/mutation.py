@@ -69,7 +69,11 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "tfserving",
         "service/backends/tfserving.py",
-        ("tests/service/test_tfserving_client.py", "tests/service/test_tfserving_lifecycle.py"),
+        (
+            "tests/service/test_tfserving_client.py",
+            "tests/service/test_tfserving_lifecycle.py",
+            "tests/service/test_tfserving_strict.py",
+        ),
         isolation="forkserver",
     ),
 )

@@ -33,7 +33,7 @@ from contract.signatures import OUTPUT_PROBABILITIES, SIGNATURE_PIXELS
 from contract.tfs_protos import DataType
 from service.backends.tfserving import TFServingBackend
 from service.breaker import CircuitBreaker, State
-from service.errors import BackendError, BackendStartupError, BackendUnavailable
+from service.errors import BackendError, BackendStartupError, BackendUnavailable, CircuitOpen
 from tests.service.scripted_tfserving import ScriptedTFServing, until
 from tests.service.test_tfserving_lifecycle import (
     Export,
@@ -103,6 +103,30 @@ async def test_calls_cut_by_a_too_many_pings_goaway_are_retried_without_opening_
         assert breaker.state is State.CLOSED
     warnings = [r.getMessage() for r in caplog.records if "keepalive pings" in r.getMessage()]
     assert len(warnings) == 1 and "grpc.keepalive_permit_without_calls=1" in warnings[0]
+    assert "(too many pings)" in warnings[0].lower()  # the server's own words, quoted
+
+
+async def test_an_unavailable_server_still_opens_the_circuit(
+    export: Export, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The other side of the pings rule: UNAVAILABLE for any other reason (the server down,
+    restarting) counts as an outage and opens the breaker; a status that only mentions pings
+    in its text is not a GOAWAY cut, and no pings warning is logged for either."""
+    caplog.set_level(logging.WARNING, logger="service.backends.tfserving")
+    breaker = CircuitBreaker(failure_threshold=2, reset_s=30)
+    async with (
+        ScriptedTFServing(export.metadata, _probabilities_of(3), versions=_v1(export)) as server,
+        _started(_client(server.address, tmp_path, breaker=breaker)) as backend,
+    ):
+        server.fail_next[PREDICT] = [(grpc.StatusCode.INVALID_ARGUMENT, "too many pings here")]
+        with pytest.raises(BackendError, match="too many pings here"):
+            await backend.predict(_images(1), timeout_s=5, version=1)
+        assert breaker.state is State.CLOSED  # an answer: the server is up
+        server.fail_next[PREDICT] = [(grpc.StatusCode.UNAVAILABLE, "Socket closed")] * 100
+        with pytest.raises(CircuitOpen):  # two failed attempts, then the breaker refuses
+            await backend.predict(_images(1), timeout_s=0.5, version=1)
+        assert breaker.state is State.OPEN
+    assert not [r for r in caplog.records if "keepalive pings" in r.getMessage()]
 
 
 # ------------------------------------------------------------------------------- status codes
@@ -194,6 +218,25 @@ async def test_a_reply_naming_another_version_than_pinned_is_refused(
     ):
         with pytest.raises(BackendError, match=r"pinned to model 'tiny' v1 was answered by v2"):
             await backend.predict(_images(1), timeout_s=5, version=1)
+
+
+async def test_a_reply_that_names_no_version_is_read_with_the_pinned_one(
+    export: Export, tmp_path: Path
+) -> None:
+    """A server or proxy that leaves the reply's version out (TF Serving fills it; simpler
+    servers and doubles may not) is no reason to refuse: the pinned version's contract reads
+    the rows. Only a version that differs is refused (the test above)."""
+
+    def unnamed(request: Any) -> Any:
+        reply = _probabilities_of(3)(request)
+        reply.model_spec.name = "tiny"  # a model_spec, but no version in it
+        return reply
+
+    async with (
+        ScriptedTFServing(export.metadata, unnamed, versions=_v1(export)) as server,
+        _started(_client(server.address, tmp_path)) as backend,
+    ):
+        assert (await backend.predict(_images(2), timeout_s=5, version=1)).shape == (2, 3)
 
 
 async def test_a_version_state_this_gateway_does_not_know_is_reported_not_fatal(
