@@ -492,7 +492,7 @@ def _read_json(body: bytes, settings: Settings) -> list[bytes]:
 
 _B64_SPACE = str.maketrans("", "", " \t\r\n")
 _B64_URLSAFE = str.maketrans("-_", "+/")
-_NOT_B64 = re.compile(r"[^A-Za-z0-9+/=]")
+_NOT_B64 = re.compile(r"[^A-Za-z0-9+/=\-_ \t\r\n]")  # either alphabet, padding, line breaks
 
 
 def _lenient_b64(text: str, index: int) -> bytes:
@@ -500,16 +500,15 @@ def _lenient_b64(text: str, index: int) -> bytes:
     tool), in the URL-safe alphabet (RFC 4648 section 5), or without its `=` padding. Anything
     else is BadBase64 saying what is wrong."""
     where = f"images[{index}] is not valid base64"
-    s = text.translate(_B64_SPACE).translate(_B64_URLSAFE)
-    bad = _NOT_B64.search(s)
+    bad = _NOT_B64.search(text)  # positions are the client's, in the string it sent
     if bad is not None:
         ch = bad.group()
         shown = repr(ch) if ch.isprintable() else f"U+{ord(ch):04X}"
         raise BadBase64(f"{where}: character {shown} at position {bad.start()} is not in "
                         "the base64 alphabet")  # fmt: skip
-    body = s.rstrip("=")
+    body = text.translate(_B64_SPACE).translate(_B64_URLSAFE).rstrip("=")
     if "=" in body:
-        raise BadBase64(f"{where}: '=' padding in the middle, at position {body.index('=')}")
+        raise BadBase64(f"{where}: '=' padding in the middle, at position {text.index('=')}")
     if len(body) % 4 == 1:
         raise BadBase64(f"{where}: {len(body)} characters cannot be base64 (one too many or "
                         "one missing)")  # fmt: skip

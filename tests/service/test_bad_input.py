@@ -148,7 +148,7 @@ def test_bad_input_is_refused_with_status_and_code(
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ("not base64!!", "character '!' at position 9 is not in the base64 alphabet"),
+        ("not base64!!", "character '!' at position 10 is not in the base64 alphabet"),
         ("QUJD\u00e9RUY=", "character 'é' at position 4"),
         ("QUJD\x00", "character U+0000 at position 4"),
         ("QUJD=RUY=", "'=' padding in the middle, at position 4"),
