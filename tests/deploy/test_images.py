@@ -210,7 +210,8 @@ def test_builder_says_how_to_fix_a_volume_it_cannot_write(fake_cli: dict[str, st
         base.chmod(0o755)
         models = base / "root-owned"
         models.mkdir(mode=0o755)
-        script = str(DEPLOY / "builder" / "build-models.sh")
+        # a copy nobody can read: the checkout may sit in a directory only root can enter
+        script = str(shutil.copy(DEPLOY / "builder" / "build-models.sh", base))
         as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", script]
         env = {**fake_cli, "MODEL_NAME": "demo", "MODEL_BASE": str(models)}
         result = run(as_nobody, env=env)
