@@ -463,7 +463,12 @@ async def _read_multipart(request: Request, settings: Settings) -> list[bytes]:
     finally:
         await form.close()
     if not parts:
-        raise EmptyImage(f"no multipart file named {' or '.join(map(repr, IMAGE_FIELDS))}")
+        names = " or ".join(map(repr, IMAGE_FIELDS))
+        if not form:  # python-multipart drops a part the body ends inside of, without a word
+            raise EmptyImage(f"no complete multipart part arrived, so no file named {names} "
+                             "(a body that ends before its closing boundary loses its last "
+                             "part)")  # fmt: skip
+        raise EmptyImage(f"no multipart file named {names}")
     return blobs
 
 

@@ -165,6 +165,21 @@ def test_bad_base64_says_what_is_wrong(embedded_gateway: LiveServer, text: str, 
     assert body["detail"].startswith("images[1] is not valid base64: ") and says in body["detail"]
 
 
+def test_a_multipart_body_cut_before_its_closing_boundary_says_so(
+    embedded_gateway: LiveServer,
+) -> None:
+    """python-multipart drops a part the body ends inside of: the answer must not claim the
+    client sent no file named `image`, it must point at the missing boundary."""
+    body = (b"--xyz\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n" + GOOD)  # fmt: skip
+    with httpx.Client(base_url=embedded_gateway.url, timeout=20) as client:
+        r = client.post("/v1/classify", **raw(body, "multipart/form-data; boundary=xyz"))
+        named = client.post("/v1/classify", files=[("other", ("a.png", GOOD, "image/png"))])
+    assert r.status_code == 400 and r.json()["error"] == "empty_image", r.text
+    assert "closing boundary" in r.json()["detail"]
+    assert named.json()["detail"] == "no multipart file named 'image' or 'images'"
+
+
 def test_still_serving_after_bad_input(gateway: LiveServer) -> None:
     with httpx.Client(base_url=gateway.url, timeout=20) as client:
         for _, kwargs, query, *_ in CASES[:4]:
