@@ -495,8 +495,7 @@ def _read_json(body: bytes, settings: Settings) -> list[bytes]:
     return out
 
 
-_B64_SPACE = str.maketrans("", "", " \t\r\n")
-_B64_URLSAFE = str.maketrans("-_", "+/")
+_B64_NORMAL = str.maketrans("-_", "+/", " \t\r\n")  # URL-safe to standard, line breaks out
 _NOT_B64 = re.compile(r"[^A-Za-z0-9+/=\-_ \t\r\n]")  # either alphabet, padding, line breaks
 
 
@@ -511,7 +510,7 @@ def _lenient_b64(text: str, index: int) -> bytes:
         shown = repr(ch) if ch.isprintable() else f"U+{ord(ch):04X}"
         raise BadBase64(f"{where}: character {shown} at position {bad.start()} is not in "
                         "the base64 alphabet")  # fmt: skip
-    body = text.translate(_B64_SPACE).translate(_B64_URLSAFE).rstrip("=")
+    body = text.translate(_B64_NORMAL).rstrip("=")
     if "=" in body:
         raise BadBase64(f"{where}: '=' padding in the middle, at position {text.index('=')}")
     if len(body) % 4 == 1:
